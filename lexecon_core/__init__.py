@@ -1,0 +1,80 @@
+"""Lexecon core: the governance engine for AI-agent tool calls.
+
+The public surface is re-exported here; submodules (``lexecon_core.policy``, ``.risk``, ``.tokens``, ``.ledger``,
+``.keys``) hold the details.
+"""
+
+from lexecon_core.config import Settings, load_settings
+from lexecon_core.decisions import Decision, DecisionRequest, Governor, LocalGovernor
+from lexecon_core.errors import (
+    ConfigError,
+    GovernanceDenied,
+    GovernanceError,
+    InvalidRequest,
+    KeyStoreError,
+    LedgerError,
+    LedgerIntegrityError,
+    LexeconError,
+    PolicyError,
+    TokenError,
+)
+from lexecon_core.ledger import Ledger, LedgerEntry, VerificationReport
+from lexecon_core.node import Node, init_node, open_node
+from lexecon_core.policy import (
+    Outcome,
+    PolicyEngine,
+    PolicyMode,
+    PolicyRelation,
+    PolicyResult,
+    PolicyTerm,
+    RelationType,
+    TermType,
+    load_policy,
+)
+from lexecon_core.risk import RiskAssessment, RiskLevel, RiskRules, assess
+from lexecon_core.tokens import CapabilityClaims, ReplayCache, issue_token, verify_token
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CapabilityClaims",
+    "ConfigError",
+    "Decision",
+    "DecisionRequest",
+    "GovernanceDenied",
+    "GovernanceError",
+    "Governor",
+    "InvalidRequest",
+    "KeyStoreError",
+    "Ledger",
+    "LedgerEntry",
+    "LedgerError",
+    "LedgerIntegrityError",
+    "LexeconError",
+    "LocalGovernor",
+    "Node",
+    "Outcome",
+    "PolicyEngine",
+    "PolicyError",
+    "PolicyMode",
+    "PolicyRelation",
+    "PolicyResult",
+    "PolicyTerm",
+    "RelationType",
+    "ReplayCache",
+    "RiskAssessment",
+    "RiskLevel",
+    "RiskRules",
+    "Settings",
+    "TermType",
+    "TokenError",
+    "VerificationReport",
+    "__version__",
+    "assess",
+    "init_node",
+    "issue_token",
+    "load_policy",
+    "load_settings",
+    "open_node",
+    "verify_token",
+]

@@ -1,0 +1,103 @@
+"""Wildcard patterns for policy and risk rules, and an index that finds matching patterns without scanning them all.
+
+Semantics (documented in docs/policy.md): a pattern matches a value only as a whole (anchored, case-sensitive).
+``*`` matches any run of characters, including none; ``?`` matches exactly one character; every other character is
+literal. ``ai_agent:*`` matches ``ai_agent:bot`` but not ``ai_agent`` or ``x_ai_agent:bot``; ``delete_*`` matches
+``delete_user`` but not ``undelete_user``. There is no substring matching.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+_WILDCARDS = frozenset("*?")
+
+
+def is_literal(pattern: str) -> bool:
+    return not _WILDCARDS.intersection(pattern)
+
+
+def literal_prefix(pattern: str) -> str:
+    """The characters before the first wildcard."""
+    for index, char in enumerate(pattern):
+        if char in _WILDCARDS:
+            return pattern[:index]
+    return pattern
+
+
+@lru_cache(maxsize=4096)
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    parts = []
+    for char in pattern:
+        if char == "*":
+            parts.append(".*")
+        elif char == "?":
+            parts.append(".")
+        else:
+            parts.append(re.escape(char))
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def matches(pattern: str, value: str) -> bool:
+    """True when ``pattern`` matches the whole of ``value``."""
+    if is_literal(pattern):
+        return pattern == value
+    return compile_pattern(pattern).fullmatch(value) is not None
+
+
+def matches_any(patterns: Iterable[str], value: str) -> bool:
+    return any(matches(p, value) for p in patterns)
+
+
+@dataclass(slots=True)
+class _Wild(Generic[T]):
+    item: T
+    # None when the pattern is exactly ``prefix*``: everything under the prefix matches, no regex needed.
+    regex: re.Pattern[str] | None
+
+
+class PatternIndex(Generic[T]):
+    """Maps patterns to items; ``lookup(value)`` yields the items whose pattern matches ``value``.
+
+    Literal patterns are a dict lookup. Wildcard patterns are bucketed by their literal prefix, and a lookup probes only
+    the prefix lengths that occur, so the cost grows with the number of *matching* patterns, not all patterns.
+    """
+
+    __slots__ = ("_exact", "_prefix_lengths", "_wild")
+
+    def __init__(self) -> None:
+        self._exact: dict[str, list[T]] = {}
+        self._wild: dict[str, list[_Wild[T]]] = {}
+        self._prefix_lengths: tuple[int, ...] = ()
+
+    def add(self, pattern: str, item: T) -> None:
+        if is_literal(pattern):
+            self._exact.setdefault(pattern, []).append(item)
+            return
+        prefix = literal_prefix(pattern)
+        rest = pattern[len(prefix) :]
+        regex = None if rest == "*" else compile_pattern(pattern)
+        self._wild.setdefault(prefix, []).append(_Wild(item, regex))
+        if len(prefix) not in self._prefix_lengths:
+            self._prefix_lengths = tuple(sorted((*self._prefix_lengths, len(prefix))))
+
+    def lookup(self, value: str) -> Iterator[T]:
+        exact = self._exact.get(value)
+        if exact:
+            yield from exact
+        size = len(value)
+        wild = self._wild
+        for length in self._prefix_lengths:
+            if length > size:
+                break
+            bucket = wild.get(value[:length])
+            if bucket:
+                for entry in bucket:
+                    if entry.regex is None or entry.regex.fullmatch(value) is not None:
+                        yield entry.item

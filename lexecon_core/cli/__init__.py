@@ -1,0 +1,50 @@
+"""The ``lexecon`` command line. Errors print one line and exit 2; ``LEXECON_DEBUG=1`` shows tracebacks."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from lexecon_core.cli import _demo, _node  # noqa: F401  (registers commands)
+from lexecon_core.cli._common import app, err
+from lexecon_core.cli._keys import keys_app
+from lexecon_core.cli._ledger import ledger_app
+from lexecon_core.cli._policy import policy_app
+from lexecon_core.errors import LexeconError
+
+app.add_typer(policy_app, name="policy")
+app.add_typer(keys_app, name="keys")
+app.add_typer(ledger_app, name="ledger")
+
+__all__ = ["app", "main"]
+
+
+def _fail(message: str) -> int:
+    err.print(f"error: {message}", markup=False)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``lexecon`` console script."""
+    try:
+        result = app(args=argv, prog_name="lexecon", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.Abort:
+        code = _fail("aborted")
+    except LexeconError as exc:
+        code = _fail(str(exc))
+    except Exception as exc:
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            # A usage error from Typer's parser (Click's exception protocol; Typer may vendor Click).
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            code = _fail(exc.format_message().replace("\n", " ") + hint)
+            sys.exit(code)
+        if os.environ.get("LEXECON_DEBUG"):
+            raise
+        code = _fail(f"unexpected {type(exc).__name__}: {exc} (set LEXECON_DEBUG=1 for a traceback)")
+    sys.exit(code)

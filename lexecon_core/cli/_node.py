@@ -1,0 +1,184 @@
+"""``lexecon init``, ``decide`` and ``verify-ledger``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from lexecon_core.cli._common import HomeOption, JsonFlag, app, err, out, parse_pairs, print_json
+from lexecon_core.config import load_settings
+from lexecon_core.decisions import LocalGovernor
+from lexecon_core.errors import ConfigError, InvalidRequest
+from lexecon_core.keys import KeyRing, PublicKey, jwks_to_keys
+from lexecon_core.ledger import Ledger, VerificationReport, sqlite_url
+from lexecon_core.node import init_node
+
+
+@app.command()
+def init(
+    node_id: Annotated[str, typer.Option("--node-id", help="Name of this node (goes into every token and entry).")],
+    home: HomeOption = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Rewrite the config of an existing home (keys are kept).")
+    ] = False,
+) -> None:
+    """Create a node home: config, Ed25519 signing key (0600) and an SQLite ledger."""
+    node = init_node(home, node_id=node_id, force=force)
+    try:
+        out.print(f"initialised node [bold]{node.node_id}[/] in {node.paths.root}")
+        out.print(
+            f"  signing key  {node.keys.active_kid} ({'encrypted' if node.settings.master_key else 'unencrypted'})"
+        )
+        out.print(f"  ledger       {node.settings.ledger_url}")
+    finally:
+        node.close()
+
+
+@app.command()
+def decide(
+    actor: Annotated[str, typer.Option(help="Who is calling, e.g. ai_agent:support_bot.")],
+    tool: Annotated[str, typer.Option(help="Tool name.")],
+    action: Annotated[str | None, typer.Option(help="Proposed action, e.g. read:customer.")] = None,
+    intent: Annotated[str, typer.Option(help="The user intent behind the call.")] = "",
+    data_class: Annotated[
+        list[str] | None, typer.Option("--data-class", help="Data class touched (repeatable).")
+    ] = None,
+    arg: Annotated[list[str] | None, typer.Option("--arg", help="Tool argument key=value (repeatable).")] = None,
+    context: Annotated[list[str] | None, typer.Option("--context", help="Context key=value (repeatable).")] = None,
+    risk_level: Annotated[str | None, typer.Option(help="Declared risk level: low|medium|high|critical.")] = None,
+    home: HomeOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Ask for a decision on one tool call; it is recorded in the ledger."""
+    request = {
+        "actor": actor,
+        "proposed_action": action,
+        "tool": tool,
+        "tool_args": parse_pairs(arg, "--arg"),
+        "user_intent": intent,
+        "data_classes": data_class or [],
+        "risk_level": risk_level,
+        "context": parse_pairs(context, "--context"),
+    }
+    with LocalGovernor(home) as governor:
+        decision = governor.decide(request)
+    if as_json:
+        print_json(decision.model_dump(mode="json"))
+        return
+    colour = {"approved": "green", "denied": "red", "escalated": "yellow"}[decision.outcome.value]
+    out.print(f"[bold {colour}]{decision.outcome.value}[/]  {decision.reasoning}")
+    out.print(f"  decision     {decision.decision_id}")
+    out.print(f"  risk         {decision.risk_level.value} ({decision.risk_score})")
+    out.print(f"  ledger entry {decision.ledger_entry_id} ({decision.ledger_entry_hash[:16]}...)")
+    out.print(f"  policy       {decision.policy_version}")
+    if decision.escalation_id:
+        out.print(f"  escalation   {decision.escalation_id}")
+    if decision.capability_token:
+        out.print(f"  token        {decision.capability_token}")
+
+
+def _parse_anchor(text: str) -> tuple[int, bytes]:
+    seq, sep, digest = text.partition(":")
+    try:
+        if not sep:
+            raise ValueError
+        value = bytes.fromhex(digest)
+        if len(value) != 32:
+            raise ValueError
+        return int(seq), value
+    except ValueError:
+        raise InvalidRequest(f"--anchor must be SEQ:HEX_SHA256, got {text!r}") from None
+
+
+def _trusted_keys(
+    jwks: Path | None, ledger_file: Path | None, home: Path | None
+) -> tuple[dict[str, PublicKey] | None, str]:
+    if jwks is not None:
+        try:
+            document = json.loads(jwks.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read JWKS {jwks}: {exc}") from None
+        return jwks_to_keys(document), f"pinned JWKS {jwks}"
+    settings = load_settings(home)
+    if settings.paths.keys.is_dir() and (
+        ledger_file is None or ledger_file.resolve() == settings.paths.ledger.resolve()
+    ):
+        return KeyRing.load_public(settings.paths.keys), f"node keys in {settings.paths.keys}"
+    return None, ""
+
+
+@app.command("verify-ledger")
+def verify_ledger(
+    ledger_file: Annotated[
+        Path | None, typer.Option("--ledger-file", help="Verify this SQLite ledger file instead of the node's.")
+    ] = None,
+    jwks: Annotated[Path | None, typer.Option("--jwks", help="Trust only the keys in this JWKS file.")] = None,
+    anchor: Annotated[
+        list[str] | None, typer.Option("--anchor", help="Known entry SEQ:HASH (from a token or receipt); repeatable.")
+    ] = None,
+    home: HomeOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Verify the ledger: hash chain, every signature, anchors. Exit 0 valid, 1 invalid."""
+    anchors = [_parse_anchor(a) for a in anchor or []]
+    if ledger_file is not None:
+        if not ledger_file.is_file():
+            raise ConfigError(f"no ledger file at {ledger_file}")
+        url = sqlite_url(ledger_file)
+    else:
+        settings = load_settings(home)
+        if not settings.paths.exists():
+            raise ConfigError(f"no Lexecon node at {settings.paths.root}; pass --ledger-file or run `lexecon init`")
+        url = settings.ledger_url
+    keys, source = _trusted_keys(jwks, ledger_file, home)
+    with Ledger(url, readonly=True) as ledger:
+        total = ledger.count()
+        report = _run_verify(ledger, keys, source, anchors, total, show_progress=not as_json)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        _print_report(report)
+    raise typer.Exit(0 if report.valid else 1)
+
+
+def _run_verify(
+    ledger: Ledger,
+    keys: dict[str, PublicKey] | None,
+    source: str,
+    anchors: list[tuple[int, bytes]],
+    total: int,
+    *,
+    show_progress: bool,
+) -> VerificationReport:
+    progress = Progress(
+        TextColumn("verifying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not show_progress or total < 20_000 or not err.is_terminal,
+    )
+    with progress:
+        task = progress.add_task("verify", total=total)
+        return ledger.verify(
+            keys, anchors=anchors, key_source=source or None, progress=lambda n: progress.update(task, completed=n)
+        )
+
+
+def _print_report(report: VerificationReport) -> None:
+    if report.valid:
+        out.print(
+            f"[bold green]valid[/]  {report.entries_verified} entries verified, chain intact, all signatures good"
+        )
+    else:
+        out.print(f"[bold red]INVALID[/]  first bad entry {report.first_bad_seq}: {report.reason}")
+        out.print(f"  entries verified before it: {report.entries_verified}")
+    out.print(f"  head         {report.head_seq} {report.head_hash or '-'}")
+    out.print(f"  trusted keys {report.key_source}")
+    if report.anchors_checked:
+        out.print(f"  anchors      {report.anchors_checked} matched")

@@ -1,0 +1,305 @@
+"""Decisions: the request/response models and the :class:`Governor` interface every integration talks to.
+
+:class:`LocalGovernor` decides in-process: risk, policy, then the ledger entry, then (only for an approval) the
+capability token. Log first, then answer: if the ledger write fails, ``decide`` raises :class:`GovernanceError` and
+no approval exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lexecon_core._canonical import args_digest, ledger_safe
+from lexecon_core.config import Settings
+from lexecon_core.errors import ConfigError, GovernanceDenied, GovernanceError, InvalidRequest, LedgerError
+from lexecon_core.keys import PublicKey
+from lexecon_core.ledger import VerificationReport
+from lexecon_core.node import Node, open_node
+from lexecon_core.policy import Outcome, PolicyEngine, PolicyMode
+from lexecon_core.risk import DEFAULT_RULES, RiskLevel, RiskRules, assess
+from lexecon_core.tokens import CapabilityClaims, ReplayCache, issue_token, verify_token
+
+__all__ = ["Decision", "DecisionRequest", "Governor", "LocalGovernor"]
+
+
+class DecisionRequest(BaseModel):
+    """A proposed tool call. Field names follow the hosted server's ``POST /decide`` body."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    actor: str = Field(min_length=1, max_length=256, description="who is calling, e.g. ai_agent:support_bot")
+    proposed_action: str | None = Field(default=None, max_length=256, description="e.g. read:customer")
+    tool: str = Field(min_length=1, max_length=256)
+    tool_args: dict[str, Any] = Field(default_factory=dict, description="hashed, never stored")
+    user_intent: str = Field(default="", max_length=4096)
+    data_classes: tuple[str, ...] = Field(default=(), max_length=64)
+    risk_level: RiskLevel | None = Field(default=None, description="declared risk; raises the computed floor")
+    policy_mode: PolicyMode | None = Field(default=None, description="may tighten the node's mode, never loosen it")
+    context: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, value: DecisionRequest | Mapping[str, Any]) -> DecisionRequest:
+        if isinstance(value, DecisionRequest):
+            return value
+        try:
+            return cls.model_validate(dict(value))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "request"
+            raise InvalidRequest(f"invalid decision request: {where}: {first['msg']}") from None
+        except (TypeError, ValueError):
+            raise InvalidRequest("a decision request must be a mapping") from None
+
+    @property
+    def args_sha256(self) -> str:
+        return args_digest(self.tool_args)
+
+
+class Decision(BaseModel):
+    """The governor's answer. ``capability_token`` is set only when the outcome is ``approved``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    decision_id: str
+    outcome: Outcome
+    reasoning: str
+    actor: str
+    tool: str
+    args_sha256: str
+    risk_level: RiskLevel
+    risk_score: int
+    risk_dimensions: dict[str, int]
+    policy_version: str
+    policy_mode: PolicyMode
+    matched_relations: tuple[str, ...]
+    ledger_entry_id: int
+    ledger_entry_hash: str
+    capability_token: str | None = None
+    token_id: str | None = None
+    token_expires_at: int | None = None
+    escalation_id: str | None = None
+    created_at: str
+
+    @property
+    def approved(self) -> bool:
+        return self.outcome is Outcome.APPROVED
+
+    def raise_if_not_approved(self) -> Decision:
+        """Raising semantics: return self when approved, else raise :class:`GovernanceDenied`."""
+        if not self.approved:
+            raise GovernanceDenied(self)
+        return self
+
+
+@runtime_checkable
+class Governor(Protocol):
+    """What integrations need from Lexecon, locally or over HTTP."""
+
+    def decide(self, request: DecisionRequest | Mapping[str, Any]) -> Decision: ...
+
+    async def adecide(self, request: DecisionRequest | Mapping[str, Any]) -> Decision: ...
+
+    def verify_token(self, token: str, *, tool: str, args: Mapping[str, Any]) -> CapabilityClaims: ...
+
+
+def _load_risk_rules(path: Path | None) -> RiskRules:
+    if path is None:
+        return DEFAULT_RULES
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read risk rules {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"risk rules {path} must be a mapping")
+    return RiskRules.from_mapping(data)
+
+
+class LocalGovernor:
+    """Decides in-process against the node at ``home`` (default ``$LEXECON_HOME`` or ``./.lexecon``)."""
+
+    def __init__(
+        self,
+        home: str | Path | None = None,
+        *,
+        settings: Settings | None = None,
+        policy: PolicyEngine | None = None,
+        risk_rules: RiskRules | None = None,
+        replay_cache: ReplayCache | None = None,
+    ) -> None:
+        self._node: Node = open_node(home, settings=settings)
+        self.settings = self._node.settings
+        self.policy = policy if policy is not None else self._node.current_policy()
+        self.risk_rules = risk_rules or _load_risk_rules(self.settings.risk_rules_file)
+        self.replay_cache = replay_cache or ReplayCache()
+        self._rotate_lock = threading.Lock()
+
+    # -- the Governor interface -----------------------------------------------------------------------------------
+
+    def decide(self, request: DecisionRequest | Mapping[str, Any]) -> Decision:
+        req = DecisionRequest.parse(request)
+        args_sha256 = req.args_sha256
+        try:
+            risk = assess(
+                tool=req.tool,
+                data_classes=req.data_classes,
+                declared_level=req.risk_level,
+                context=req.context,
+                rules=self.risk_rules,
+            )
+            result = self.policy.evaluate(
+                actor=req.actor,
+                action=req.proposed_action,
+                tool=req.tool,
+                resource=_resource(req.context),
+                data_classes=req.data_classes,
+                context=req.context,
+                risk_level=risk.level,
+                mode=req.policy_mode,
+            )
+        except (ValueError, TypeError) as exc:
+            raise GovernanceError(f"policy evaluation failed for tool {req.tool!r}: {exc}") from None
+
+        decision_id = f"dec_{uuid.uuid4().hex}"
+        approved = result.outcome is Outcome.APPROVED
+        jti = uuid.uuid4().hex if approved else None
+        escalation_id = f"esc_{decision_id[4:]}" if result.outcome is Outcome.ESCALATED else None
+        record = {
+            "decision_id": decision_id,
+            "outcome": result.outcome.value,
+            "reason": result.reason,
+            "request": {
+                "actor": req.actor,
+                "action": req.proposed_action,
+                "tool": req.tool,
+                "args_sha256": args_sha256,
+                "user_intent": req.user_intent,
+                "data_classes": list(req.data_classes),
+                "declared_risk_level": req.risk_level.value if req.risk_level else None,
+                "policy_mode": req.policy_mode.value if req.policy_mode else None,
+                "context": ledger_safe(req.context),
+            },
+            "policy_version": result.policy_version,
+            "policy_mode": result.mode.value,
+            "matched_relations": [m.to_dict() for m in result.matched],
+            "risk": risk.to_record(),
+            "token_id": jti,
+            "escalation_id": escalation_id,
+        }
+        try:
+            entry = self._node.ledger.append("decision", record)
+        except (LedgerError, InvalidRequest) as exc:
+            raise GovernanceError(
+                f"decision for tool {req.tool!r} could not be recorded, so it is refused: {exc}"
+            ) from None
+
+        token = expires = None
+        if approved and jti is not None:
+            ttl = self.settings.token_ttl_seconds
+            issued = int(time.time())
+            token = issue_token(
+                self._node.keys.signer,
+                issuer=self._node.node_id,
+                subject=req.actor,
+                tool=req.tool,
+                args_sha256=args_sha256,
+                decision_id=decision_id,
+                ledger_entry_id=entry.seq,
+                ledger_entry_hash=entry.entry_hash.hex(),
+                policy_version=result.policy_version,
+                ttl_seconds=ttl,
+                audience=self.settings.token_audience,
+                jti=jti,
+                now=issued,
+            )
+            expires = issued + ttl
+        # Every field below was produced or validated above; skip re-validation on the hot path.
+        return Decision.model_construct(
+            decision_id=decision_id,
+            outcome=result.outcome,
+            reasoning=result.reason,
+            actor=req.actor,
+            tool=req.tool,
+            args_sha256=args_sha256,
+            risk_level=risk.level,
+            risk_score=risk.score,
+            risk_dimensions=risk.dimensions,
+            policy_version=result.policy_version,
+            policy_mode=result.mode,
+            matched_relations=tuple(m.relation_id for m in result.matched),
+            ledger_entry_id=entry.seq,
+            ledger_entry_hash=entry.entry_hash.hex(),
+            capability_token=token,
+            token_id=jti,
+            token_expires_at=expires,
+            escalation_id=escalation_id,
+            created_at=entry.created_at,
+        )
+
+    async def adecide(self, request: DecisionRequest | Mapping[str, Any]) -> Decision:
+        # The ledger append waits on fsync; keep it off the event loop.
+        return await asyncio.to_thread(self.decide, request)
+
+    def verify_token(self, token: str, *, tool: str, args: Mapping[str, Any]) -> CapabilityClaims:
+        """Verify (and consume) a capability token from this node for a call of ``tool`` with ``args``."""
+        return verify_token(
+            token,
+            keys=self.public_keys,
+            tool=tool,
+            args=args,
+            audience=self.settings.token_audience,
+            issuer=self._node.node_id,
+            leeway=self.settings.token_leeway_seconds,
+            replay_cache=self.replay_cache,
+        )
+
+    # -- node operations ------------------------------------------------------------------------------------------
+
+    @property
+    def node(self) -> Node:
+        return self._node
+
+    @property
+    def public_keys(self) -> dict[str, PublicKey]:
+        return self._node.trusted_keys()
+
+    def jwks(self) -> dict[str, Any]:
+        return self._node.keys.jwks()
+
+    def verify_ledger(self) -> VerificationReport:
+        return self._node.ledger.verify(self.public_keys, key_source=f"node keys in {self._node.paths.keys}")
+
+    def load_policy(self, path: str | Path) -> PolicyEngine:
+        engine, _ = self._node.load_policy_file(path)
+        if self.settings.policy_mode is not None:
+            engine.mode = engine.mode.stricter(self.settings.policy_mode)
+        self.policy = engine
+        return engine
+
+    def rotate_keys(self) -> str:
+        with self._rotate_lock:
+            return self._node.rotate_keys()
+
+    def close(self) -> None:
+        self._node.close()
+
+    def __enter__(self) -> LocalGovernor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _resource(context: Mapping[str, Any]) -> str | None:
+    value = context.get("resource")
+    return value if isinstance(value, str) else None

@@ -1,0 +1,75 @@
+"""Exception types raised by Lexecon.
+
+Every error Lexecon raises on purpose derives from :class:`LexeconError`, so callers can catch one type. Messages are
+written for the person reading them: they name what was wrong and never include secrets.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lexecon_core.decisions import Decision
+
+__all__ = [
+    "ConfigError",
+    "GovernanceDenied",
+    "GovernanceError",
+    "InvalidRequest",
+    "KeyStoreError",
+    "LedgerError",
+    "LedgerIntegrityError",
+    "LexeconError",
+    "PolicyError",
+    "TokenError",
+]
+
+
+class LexeconError(Exception):
+    """Base class of every error Lexecon raises on purpose."""
+
+
+class ConfigError(LexeconError):
+    """Settings, the node home or its files are missing or invalid."""
+
+
+class KeyStoreError(LexeconError):
+    """A signing key is missing, unreadable, or cannot be decrypted."""
+
+
+class PolicyError(LexeconError):
+    """A policy document or term/relation is invalid."""
+
+
+class InvalidRequest(LexeconError):
+    """A decision request is malformed."""
+
+
+class LedgerError(LexeconError):
+    """The ledger could not be read or written. A decision that hits this is never approved."""
+
+
+class LedgerIntegrityError(LedgerError):
+    """The ledger's stored contents do not verify."""
+
+
+class TokenError(LexeconError):
+    """A capability token failed verification. ``reason`` is a stable machine-readable code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class GovernanceError(LexeconError):
+    """The governor could not reach a decision (ledger down, engine failure). The tool call must not run."""
+
+
+class GovernanceDenied(LexeconError):
+    """Raised by callers that want raising semantics when a decision is not an approval."""
+
+    def __init__(self, decision: Decision) -> None:
+        self.decision = decision
+        super().__init__(
+            f"tool {decision.tool!r} was {decision.outcome}: {decision.reasoning} (decision {decision.decision_id})"
+        )

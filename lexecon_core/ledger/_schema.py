@@ -1,0 +1,44 @@
+"""The ledger's tables. Entry bodies are stored as the exact canonical bytes that were hashed and signed."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, MetaData, String, Table
+
+metadata = MetaData()
+
+entries = Table(
+    "ledger_entries",
+    metadata,
+    # INTEGER on SQLite so the column is the rowid alias (no second index); BIGINT elsewhere.
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False),
+    Column("entry_type", String(64), nullable=False),
+    Column("created_at", String(32), nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("prev_hash", LargeBinary(32), nullable=False),
+    Column("entry_hash", LargeBinary(32), nullable=False, unique=True),
+    Column("kid", String(64), nullable=False),
+    Column("signature", LargeBinary(64), nullable=False),
+    # Copies of body fields for filtering. Verification checks they agree with the signed body.
+    Column("decision_id", String(64), nullable=True),
+    Column("actor", String(256), nullable=True),
+    Column("tool", String(256), nullable=True),
+    Column("outcome", String(16), nullable=True),
+    Index("ix_ledger_entries_decision_id", "decision_id"),
+    Index("ix_ledger_entries_actor", "actor"),
+    Index("ix_ledger_entries_tool", "tool"),
+)
+
+meta = Table(
+    "ledger_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", String(256), nullable=False),
+)
+
+published_keys = Table(
+    "ledger_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("public_key", LargeBinary(32), nullable=False),
+    Column("created_at", String(32), nullable=False),
+)

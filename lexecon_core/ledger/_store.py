@@ -1,0 +1,342 @@
+"""The ledger store: a signed hash chain in a SQL database (SQLite by default) through SQLAlchemy.
+
+One writer at a time per ledger: on SQLite every write transaction starts with ``BEGIN IMMEDIATE``, which takes the
+database's write lock before the head is read, so two processes appending at once queue rather than fork the chain.
+The journal is WAL with ``synchronous=FULL``: when :meth:`Ledger.append` returns, the entry is on disk.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, insert, inspect, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import PoolProxiedConnection
+
+from lexecon_core.errors import LedgerError
+from lexecon_core.keys import PublicKey, Signer
+from lexecon_core.ledger import _schema
+from lexecon_core.ledger._entry import (
+    LedgerEntry,
+    entry_hash,
+    genesis_hash,
+    make_body,
+    signing_message,
+    utc_timestamp,
+)
+from lexecon_core.ledger._verify import StoredRow, VerificationReport, verify_rows
+
+_t = _schema.entries
+
+_INSERT = insert(_t)
+_COLUMN_NAMES = tuple(c.name for c in _t.c)  # the order of the positional insert parameters
+_HEAD = select(_t.c.seq, _t.c.entry_hash).order_by(_t.c.seq.desc()).limit(1)
+_ROW_COLUMNS = (
+    _t.c.seq,
+    _t.c.entry_type,
+    _t.c.body,
+    _t.c.prev_hash,
+    _t.c.entry_hash,
+    _t.c.kid,
+    _t.c.signature,
+    _t.c.decision_id,
+    _t.c.actor,
+    _t.c.tool,
+    _t.c.outcome,
+)
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+def _make_engine(url: str, *, immediate: bool, readonly: bool = False) -> Engine:
+    engine = create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Let SQLAlchemy's "begin" event issue BEGIN, so we choose IMMEDIATE vs deferred (SQLAlchemy docs recipe).
+            dbapi_conn.isolation_level = None
+            cursor = dbapi_conn.cursor()
+            if readonly:
+                cursor.execute("PRAGMA query_only=ON")
+            else:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+class Ledger:
+    """Append-only, signed, hash-chained ledger of one node.
+
+    ``readonly=True`` opens an existing ledger for reading and verification without changing the file.
+    """
+
+    def __init__(
+        self, url: str, *, node_id: str | None = None, signer: Signer | None = None, readonly: bool = False
+    ) -> None:
+        self.url = url
+        self._signer = signer
+        self._lock = threading.Lock()  # one appender per process; the database lock covers other processes
+        self._conn: PoolProxiedConnection | None = None
+        try:
+            self._writer = _make_engine(url, immediate=True, readonly=readonly)
+            if self._writer.dialect.name != "sqlite":
+                raise LedgerError(f"{self._writer.dialect.name} ledgers are not supported yet; use SQLite")
+            self._reader = _make_engine(url, immediate=False, readonly=readonly)
+            if readonly:
+                missing = {t.name for t in _schema.metadata.sorted_tables} - set(
+                    inspect(self._reader).get_table_names()
+                )
+                if missing:
+                    raise LedgerError(f"not a Lexecon ledger (missing tables {sorted(missing)})")
+            else:
+                _schema.metadata.create_all(self._writer)
+            # The append path runs these pre-compiled statements directly: SQL compiled once from the Table, not
+            # hand-written, with the driver's own parameter style.
+            self._head_sql = str(_HEAD.compile(dialect=self._writer.dialect, compile_kwargs={"literal_binds": True}))
+            compiled = _INSERT.compile(dialect=self._writer.dialect)
+            if list(compiled.positiontup or ()) != list(_COLUMN_NAMES):
+                raise LedgerError("unexpected parameter order in the compiled ledger insert")
+            self._insert_sql = str(compiled)
+            self.node_id = self._bind_node(node_id)
+        except SQLAlchemyError as exc:
+            raise LedgerError(f"cannot open ledger: {_short(exc)}") from None
+
+    def _bind_node(self, node_id: str | None) -> str:
+        """The node id recorded in the ledger; a new ledger records ``node_id``. A mismatch is an error."""
+        query = select(_schema.meta.c.value).where(_schema.meta.c.key == "node_id")
+        with self._reader.begin() as conn:
+            stored = conn.execute(query).scalar()
+        if stored is None and node_id is not None:
+            with self._writer.begin() as conn:  # BEGIN IMMEDIATE: re-read under the write lock
+                stored = conn.execute(query).scalar()
+                if stored is None:
+                    conn.execute(insert(_schema.meta).values(key="node_id", value=node_id))
+                    stored = node_id
+        if stored is None:
+            raise LedgerError("this ledger has no node id; it was never initialised")
+        if node_id is not None and stored != node_id:
+            raise LedgerError(f"ledger belongs to node {stored!r}, not {node_id!r}")
+        return str(stored)
+
+    def _append_dbapi(self) -> Any:
+        # The append path is the hot path (one per decision): it keeps one pooled connection and drives the driver
+        # directly with statements SQLAlchemy compiled from the Table. A checkout and a SQLAlchemy execution context
+        # per append cost more than the insert itself.
+        if self._conn is None:
+            self._conn = self._writer.raw_connection()
+        return self._conn.driver_connection
+
+    def _abort_append(self) -> None:
+        if self._conn is None:
+            return
+        try:
+            self._conn.dbapi_connection.rollback()  # type: ignore[union-attr]
+        except sqlite3.Error:
+            self._conn.invalidate()
+            self._conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+        self._writer.dispose()
+        self._reader.dispose()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing --------------------------------------------------------------------------------------------------
+
+    def set_signer(self, signer: Signer) -> None:
+        self._signer = signer
+
+    def append(self, entry_type: str, data: Mapping[str, Any], *, signer: Signer | None = None) -> LedgerEntry:
+        """Append one entry and return it once it is durable. Raises :class:`LedgerError` if it is not written."""
+        signer = signer or self._signer
+        if signer is None:
+            raise LedgerError("this ledger handle is read-only (no signing key)")
+        request = data.get("request") or {}
+        with self._lock:
+            db = self._append_dbapi()
+            cursor = db.cursor()
+            try:
+                cursor.execute("BEGIN IMMEDIATE")  # take the write lock before reading the head: no fork, no gap
+                head = cursor.execute(self._head_sql).fetchone()
+                seq, prev = (head[0] + 1, bytes(head[1])) if head else (1, genesis_hash(self.node_id))
+                timestamp = utc_timestamp()
+                body = make_body(seq=seq, entry_type=entry_type, timestamp=timestamp, node_id=self.node_id, data=data)
+                digest = entry_hash(prev, body)
+                entry = LedgerEntry(
+                    seq, entry_type, timestamp, body, prev, digest, signer.kid, signer.sign(signing_message(digest))
+                )
+                cursor.execute(
+                    self._insert_sql,
+                    (
+                        seq,
+                        entry_type,
+                        timestamp,
+                        body,
+                        prev,
+                        digest,
+                        entry.kid,
+                        entry.signature,
+                        data.get("decision_id"),
+                        request.get("actor"),
+                        request.get("tool"),
+                        data.get("outcome"),
+                    ),
+                )
+                db.commit()  # synchronous=FULL: durable when this returns
+            except BaseException as exc:
+                self._abort_append()
+                if isinstance(exc, sqlite3.Error):
+                    raise LedgerError(f"ledger write failed: {_short(exc)}") from None
+                raise
+            finally:
+                cursor.close()
+        return entry
+
+    def publish_key(self, key: PublicKey) -> None:
+        """Record a public key in the ledger database so an exported file carries the keys that signed it."""
+        table = _schema.published_keys
+        try:
+            with self._writer.begin() as conn:
+                exists = conn.execute(select(table.c.kid).where(table.c.kid == key.kid)).first()
+                if exists is None:
+                    conn.execute(insert(table).values(kid=key.kid, public_key=key.raw, created_at=utc_timestamp()))
+        except SQLAlchemyError as exc:
+            raise LedgerError(f"cannot publish key: {_short(exc)}") from None
+
+    # -- reading --------------------------------------------------------------------------------------------------
+
+    def published_keys(self) -> dict[str, PublicKey]:
+        """Keys recorded in the database itself.
+
+        Not an independent trust anchor: whoever can edit rows can edit these.
+        """
+        table = _schema.published_keys
+        with self._reader.connect() as conn:
+            rows = conn.execute(select(table.c.public_key)).all()
+        keys = [PublicKey.from_raw(bytes(r[0])) for r in rows]
+        return {k.kid: k for k in keys}
+
+    def head(self) -> tuple[int, bytes]:
+        """``(size, hash of the last entry)``; ``(0, genesis hash)`` for an empty ledger."""
+        with self._reader.connect() as conn:
+            row = conn.execute(_HEAD).first()
+        return (int(row[0]), bytes(row[1])) if row else (0, genesis_hash(self.node_id))
+
+    def count(self) -> int:
+        with self._reader.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(_t)).scalar() or 0)
+
+    def get(self, seq: int) -> LedgerEntry | None:
+        with self._reader.connect() as conn:
+            row = conn.execute(select(*_FULL).where(_t.c.seq == seq)).first()
+        return _to_entry(row) if row else None
+
+    def entries(
+        self,
+        *,
+        after: int = 0,
+        limit: int | None = None,
+        entry_type: str | None = None,
+        actor: str | None = None,
+        tool: str | None = None,
+        outcome: str | None = None,
+        newest_first: bool = False,
+    ) -> list[LedgerEntry]:
+        """Entries with ``seq > after`` matching every given filter, oldest first unless ``newest_first``."""
+        query = select(*_FULL).where(_t.c.seq > after)
+        for column, value in (("entry_type", entry_type), ("actor", actor), ("tool", tool), ("outcome", outcome)):
+            if value is not None:
+                query = query.where(_t.c[column] == value)
+        query = query.order_by(_t.c.seq.desc() if newest_first else _t.c.seq)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._reader.connect() as conn:
+            return [_to_entry(r) for r in conn.execute(query)]
+
+    def _rows(self, batch: int = 4096) -> Iterator[StoredRow]:
+        # Keyset pagination keeps memory flat and never holds a read transaction open for the whole verify.
+        last = 0
+        query = select(*_ROW_COLUMNS).where(_t.c.seq > 0).order_by(_t.c.seq).limit(batch)
+        while True:
+            with self._reader.connect() as conn:
+                page = conn.execute(query.where(_t.c.seq > last)).all()
+            for r in page:
+                yield StoredRow(r[0], r[1], bytes(r[2]), bytes(r[3]), bytes(r[4]), r[5], bytes(r[6]), *r[7:])
+            if len(page) < batch:
+                return
+            last = page[-1][0]
+
+    def verify(
+        self,
+        keys: Mapping[str, PublicKey] | None = None,
+        *,
+        anchors: Sequence[tuple[int, bytes]] = (),
+        key_source: str | None = None,
+        progress: Callable[[int], None] | None = None,
+        workers: int | None = None,
+    ) -> VerificationReport:
+        """Verify every entry (chain, hashes, signatures). ``keys`` are the trusted public keys.
+
+        Without ``keys``, the keys published inside the database are used, and the report says so: that proves
+        internal consistency, not authenticity.
+        """
+        source = key_source or "trusted keys"
+        if keys is None:
+            keys, source = self.published_keys(), "keys embedded in the ledger (not independently pinned)"
+        try:
+            return verify_rows(
+                self._rows(),
+                node_id=self.node_id,
+                keys=keys,
+                anchors=anchors,
+                key_source=source,
+                progress=progress,
+                workers=workers,
+            )
+        except SQLAlchemyError as exc:
+            raise LedgerError(f"cannot read ledger: {_short(exc)}") from None
+
+
+_FULL = (
+    _t.c.seq,
+    _t.c.entry_type,
+    _t.c.created_at,
+    _t.c.body,
+    _t.c.prev_hash,
+    _t.c.entry_hash,
+    _t.c.kid,
+    _t.c.signature,
+)
+
+
+def _to_entry(row: Any) -> LedgerEntry:
+    return LedgerEntry(int(row[0]), row[1], row[2], bytes(row[3]), bytes(row[4]), bytes(row[5]), row[6], bytes(row[7]))
+
+
+def _short(exc: BaseException) -> str:
+    """First line of a database error, without the SQL and parameters SQLAlchemy appends."""
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.splitlines()[0] if text else type(exc).__name__

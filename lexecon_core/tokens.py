@@ -1,0 +1,218 @@
+"""Capability tokens: short-lived, single-use, EdDSA-signed compact JWS bound to one tool call.
+
+A token says: *this* decision approved *this* tool with *these* arguments, and it is recorded in the ledger at *this*
+entry. Header ``{"alg": "EdDSA", "typ": "lexecon-cap+jwt", "kid": ...}``; claims ``iss sub aud iat nbf exp jti``
+plus ``decision_id tool args_sha256 ledger_entry_id ledger_entry_hash policy_version``. Any JOSE library can verify
+the signature with the node's JWKS; :func:`verify_token` also checks everything that makes the token mean something.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from lexecon_core._canonical import args_digest
+from lexecon_core.errors import TokenError
+from lexecon_core.keys import PublicKey, Signer, jwks_to_keys
+
+__all__ = ["TOKEN_TYPE", "CapabilityClaims", "ReplayCache", "issue_token", "verify_token"]
+
+TOKEN_TYPE = "lexecon-cap+jwt"  # noqa: S105 - a JOSE "typ" value, not a secret
+_ALGORITHM = "EdDSA"
+_REQUIRED = ["iss", "sub", "aud", "iat", "nbf", "exp", "jti"]
+_CUSTOM = ("decision_id", "tool", "args_sha256", "ledger_entry_id", "ledger_entry_hash", "policy_version")
+
+
+@dataclass(frozen=True, slots=True)
+class CapabilityClaims:
+    """The verified claims of a capability token."""
+
+    iss: str
+    sub: str
+    aud: str
+    iat: int
+    nbf: int
+    exp: int
+    jti: str
+    decision_id: str
+    tool: str
+    args_sha256: str
+    ledger_entry_id: int
+    ledger_entry_hash: str
+    policy_version: str
+    kid: str
+
+
+class ReplayCache:
+    """Remembers the ``jti`` of every token used until it expires, so each token authorises one call.
+
+    In-process and thread-safe. Processes that share tokens need a shared store (the hosted server uses Redis or the
+    database); this class is the single-process default.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._next_purge = 0.0
+
+    def use(self, jti: str, expires_at: int, *, now: float | None = None) -> None:
+        """Record ``jti`` as used; raise :class:`TokenError` (``replayed``) if it already was."""
+        current = time.time() if now is None else now
+        with self._lock:
+            if current >= self._next_purge:
+                self._seen = {k: exp for k, exp in self._seen.items() if exp >= current}
+                self._next_purge = current + 30
+            if jti in self._seen:
+                raise TokenError("replayed", "capability token has already been used")
+            self._seen[jti] = expires_at
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+DEFAULT_REPLAY_CACHE = ReplayCache()
+
+_crypto_keys: dict[bytes, Ed25519PublicKey] = {}
+
+
+def _jose_key(key: PublicKey) -> Ed25519PublicKey:
+    loaded = _crypto_keys.get(key.raw)
+    if loaded is None:
+        loaded = _crypto_keys[key.raw] = key.to_cryptography()
+    return loaded
+
+
+def issue_token(
+    signer: Signer,
+    *,
+    issuer: str,
+    subject: str,
+    tool: str,
+    args_sha256: str,
+    decision_id: str,
+    ledger_entry_id: int,
+    ledger_entry_hash: str,
+    policy_version: str,
+    ttl_seconds: int = 60,
+    audience: str | None = None,
+    jti: str | None = None,
+    now: int | None = None,
+) -> str:
+    """Sign a capability token. ``audience`` defaults to the tool name."""
+    issued = int(time.time()) if now is None else now
+    claims = {
+        "iss": issuer,
+        "sub": subject,
+        "aud": audience or tool,
+        "iat": issued,
+        "nbf": issued,
+        "exp": issued + ttl_seconds,
+        "jti": jti or uuid.uuid4().hex,
+        "decision_id": decision_id,
+        "tool": tool,
+        "args_sha256": args_sha256,
+        "ledger_entry_id": ledger_entry_id,
+        "ledger_entry_hash": ledger_entry_hash,
+        "policy_version": policy_version,
+    }
+    headers = {"kid": signer.kid, "typ": TOKEN_TYPE}
+    return jwt.encode(claims, signer.jose_key(), algorithm=_ALGORITHM, headers=headers)
+
+
+def verify_token(
+    token: str,
+    *,
+    keys: Mapping[str, PublicKey] | Mapping[str, Any],
+    tool: str,
+    args: Mapping[str, Any] | None = None,
+    args_sha256: str | None = None,
+    audience: str | None = None,
+    issuer: str | None = None,
+    leeway: int = 5,
+    replay_cache: ReplayCache | None = DEFAULT_REPLAY_CACHE,
+    now: int | None = None,
+) -> CapabilityClaims:
+    """Verify a capability token for a call of ``tool`` with ``args``; raise :class:`TokenError` if anything is off.
+
+    ``keys`` is ``{kid: PublicKey}`` or a JWKS document. Give the call's ``args`` (re-hashed here) or their
+    ``args_sha256``. With a ``replay_cache`` (the process-wide one by default) the token is consumed: a second
+    verification of the same token fails with ``replayed``. Pass ``replay_cache=None`` to check without consuming.
+    """
+    key_map = _key_map(keys)
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.DecodeError:
+        raise TokenError("malformed", "capability token is not a compact JWS") from None
+    if header.get("alg") != _ALGORITHM:
+        raise TokenError("bad_header", f"capability token algorithm must be {_ALGORITHM}")
+    if header.get("typ") != TOKEN_TYPE:
+        raise TokenError("bad_header", f"token type must be {TOKEN_TYPE!r}; this is not a Lexecon capability token")
+    kid = header.get("kid")
+    key = key_map.get(kid) if isinstance(kid, str) else None
+    if key is None or not isinstance(kid, str):
+        raise TokenError("unknown_kid", f"capability token was signed by an unknown key {kid!r}")
+    try:
+        claims = _decode(token, key, audience or tool, issuer, leeway, int(time.time()) if now is None else now)
+    except jwt.ExpiredSignatureError:
+        raise TokenError("expired", "capability token has expired") from None
+    except jwt.ImmatureSignatureError:
+        raise TokenError("not_yet_valid", "capability token is not valid yet") from None
+    except jwt.InvalidAudienceError:
+        raise TokenError("wrong_audience", "capability token was issued for another audience") from None
+    except jwt.InvalidIssuerError:
+        raise TokenError("wrong_issuer", "capability token was issued by another node") from None
+    except jwt.InvalidSignatureError:
+        raise TokenError("bad_signature", "capability token signature does not verify") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise TokenError("missing_claim", f"capability token lacks the {exc.claim!r} claim") from None
+    except jwt.PyJWTError as exc:
+        raise TokenError("malformed", f"capability token is invalid: {exc}") from None
+
+    for name in _CUSTOM:
+        if name not in claims:
+            raise TokenError("missing_claim", f"capability token lacks the {name!r} claim")
+    if claims["tool"] != tool:
+        raise TokenError("wrong_tool", f"capability token is for tool {claims['tool']!r}, not {tool!r}")
+    expected_args = args_sha256 if args_sha256 is not None else args_digest(dict(args or {}))
+    if not _equal(claims["args_sha256"], expected_args):
+        raise TokenError("args_mismatch", "capability token was issued for different arguments")
+    if replay_cache is not None:
+        replay_cache.use(claims["jti"], int(claims["exp"]) + leeway)
+    return CapabilityClaims(**{k: claims[k] for k in (*_REQUIRED, *_CUSTOM)}, kid=kid)
+
+
+def _decode(token: str, key: PublicKey, audience: str, issuer: str | None, leeway: int, now: int) -> dict[str, Any]:
+    """Signature, algorithm, audience, issuer and required claims via PyJWT; time claims against our clock ``now``."""
+    claims: dict[str, Any] = jwt.decode(
+        token,
+        _jose_key(key),
+        algorithms=[_ALGORITHM],
+        audience=audience,
+        issuer=issuer,
+        options={"require": _REQUIRED, "verify_exp": False, "verify_nbf": False, "verify_iat": False},
+    )
+    if not all(isinstance(claims[name], int) for name in ("iat", "nbf", "exp")):
+        raise jwt.InvalidTokenError("time claims must be integers")
+    if claims["exp"] + leeway <= now:
+        raise jwt.ExpiredSignatureError
+    if claims["nbf"] - leeway > now:
+        raise jwt.ImmatureSignatureError
+    return claims
+
+
+def _equal(a: Any, b: str) -> bool:
+    return isinstance(a, str) and hmac.compare_digest(a.encode(), b.encode())
+
+
+def _key_map(keys: Mapping[str, Any]) -> Mapping[str, PublicKey]:
+    if "keys" in keys and isinstance(keys["keys"], list):
+        return jwks_to_keys(keys)
+    return keys
