@@ -1,0 +1,53 @@
+"""Shared fixtures: a fresh node home per test, and a governor over a small known policy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lexecon_core import LocalGovernor, init_node
+
+TEST_POLICY = """
+name: test-policy
+mode: strict
+terms:
+  - {term_id: agents, term_type: actor, value: "ai_agent:*"}
+  - {term_id: search, term_type: tool, value: search}
+  - {term_id: refund, term_type: tool, value: refund}
+  - {term_id: deletes, term_type: tool, value: "delete_*"}
+relations:
+  - {relation_type: permits, source_term_id: agents, target_term_id: search}
+  - {relation_type: permits, source_term_id: agents, target_term_id: refund}
+  - {relation_type: forbids, source_term_id: agents, target_term_id: deletes}
+"""
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may pick up a developer's LEXECON_* settings."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("LEXECON_") and name != "LEXECON_TEST_DATABASE_URL":
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """An initialised node home (node id ``test-node``) with TEST_POLICY loaded."""
+    root = tmp_path / "home"
+    node = init_node(root, node_id="test-node")
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(TEST_POLICY)
+    node.load_policy_file(policy_file)
+    node.close()
+    return root
+
+
+@pytest.fixture
+def governor(home: Path) -> Iterator[LocalGovernor]:
+    gov = LocalGovernor(home)
+    yield gov
+    gov.close()
