@@ -160,13 +160,11 @@ def verify_token(
     if key is None or not isinstance(kid, str):
         raise TokenError("unknown_kid", f"capability token was signed by an unknown key {kid!r}")
     try:
-        claims = _decode(token, key, audience or tool, issuer, leeway, int(time.time()) if now is None else now)
+        claims = _decode(token, key, issuer, leeway, int(time.time()) if now is None else now)
     except jwt.ExpiredSignatureError:
         raise TokenError("expired", "capability token has expired") from None
     except jwt.ImmatureSignatureError:
         raise TokenError("not_yet_valid", "capability token is not valid yet") from None
-    except jwt.InvalidAudienceError:
-        raise TokenError("wrong_audience", "capability token was issued for another audience") from None
     except jwt.InvalidIssuerError:
         raise TokenError("wrong_issuer", "capability token was issued by another node") from None
     except jwt.InvalidSignatureError:
@@ -181,6 +179,8 @@ def verify_token(
             raise TokenError("missing_claim", f"capability token lacks the {name!r} claim")
     if claims["tool"] != tool:
         raise TokenError("wrong_tool", f"capability token is for tool {claims['tool']!r}, not {tool!r}")
+    if claims["aud"] != (audience or tool):
+        raise TokenError("wrong_audience", "capability token was issued for another audience")
     expected_args = args_sha256 if args_sha256 is not None else args_digest(dict(args or {}))
     if not _equal(claims["args_sha256"], expected_args):
         raise TokenError("args_mismatch", "capability token was issued for different arguments")
@@ -189,15 +189,23 @@ def verify_token(
     return CapabilityClaims(**{k: claims[k] for k in (*_REQUIRED, *_CUSTOM)}, kid=kid)
 
 
-def _decode(token: str, key: PublicKey, audience: str, issuer: str | None, leeway: int, now: int) -> dict[str, Any]:
-    """Signature, algorithm, audience, issuer and required claims via PyJWT; time claims against our clock ``now``."""
+def _decode(token: str, key: PublicKey, issuer: str | None, leeway: int, now: int) -> dict[str, Any]:
+    """Signature, algorithm, issuer and required claims via PyJWT; time claims against our clock ``now``.
+
+    The audience is checked by the caller after the tool, so a token for another tool reports ``wrong_tool``.
+    """
     claims: dict[str, Any] = jwt.decode(
         token,
         _jose_key(key),
         algorithms=[_ALGORITHM],
-        audience=audience,
         issuer=issuer,
-        options={"require": _REQUIRED, "verify_exp": False, "verify_nbf": False, "verify_iat": False},
+        options={
+            "require": _REQUIRED,
+            "verify_aud": False,
+            "verify_exp": False,
+            "verify_nbf": False,
+            "verify_iat": False,
+        },
     )
     if not all(isinstance(claims[name], int) for name in ("iat", "nbf", "exp")):
         raise jwt.InvalidTokenError("time claims must be integers")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from lexecon_core.errors import InvalidRequest
 
@@ -28,6 +30,21 @@ HomeOption = Annotated[
     typer.Option("--home", envvar="LEXECON_HOME", help="Node home directory (default ./.lexecon).", show_default=False),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, title: str | None = None) -> None:
+    """A Rich table on a terminal; tab-separated lines (header first) when piped, so nothing is truncated."""
+    if out.is_terminal:
+        table = Table(*headers, title=title)
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+        return
+    if title:
+        sys.stdout.write(f"# {title}\n")
+    sys.stdout.write("\t".join(headers) + "\n")
+    for row in rows:
+        sys.stdout.write("\t".join(row) + "\n")
 
 
 def print_json(data: Any) -> None:

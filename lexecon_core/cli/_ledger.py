@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from lexecon_core.cli._common import HomeOption, JsonFlag, out, print_json
+from lexecon_core.cli._common import HomeOption, JsonFlag, print_json, print_table
 from lexecon_core.node import open_node
 
 ledger_app = typer.Typer(help="Read the ledger.", no_args_is_help=True)
@@ -35,17 +33,19 @@ def list_entries(
     if as_json:
         print_json([e.to_dict() for e in entries])
         return
-    table = Table("seq", "time", "type", "actor", "tool", "outcome", "hash")
+    rows = []
     for entry in entries:
-        data = json.loads(entry.body)["data"]
+        data = entry.data
         request = data.get("request") or {}
-        table.add_row(
-            str(entry.seq),
-            entry.created_at,
-            entry.entry_type,
-            request.get("actor") or "",
-            request.get("tool") or "",
-            data.get("outcome") or "",
-            entry.entry_hash.hex()[:16],
+        rows.append(
+            (
+                str(entry.seq),
+                entry.created_at,
+                entry.entry_type,
+                request.get("actor") or "",
+                request.get("tool") or "",
+                data.get("outcome") or "",
+                entry.entry_hash.hex()[:16],
+            )
         )
-    out.print(table)
+    print_table(("seq", "time", "type", "actor", "tool", "outcome", "hash"), rows)

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from lexecon_core.cli._common import HomeOption, JsonFlag, out, parse_pairs, print_json
+from lexecon_core.cli._common import HomeOption, JsonFlag, out, parse_pairs, print_json, print_table
 from lexecon_core.node import open_node
 from lexecon_core.policy import PolicyEngine, load_policy
 from lexecon_core.risk import RiskLevel, assess
@@ -48,15 +47,25 @@ def show(home: HomeOption = None, as_json: JsonFlag = False) -> None:
 
 def _print_policy(engine: PolicyEngine) -> None:
     out.print(f"policy {engine.name or '(unnamed)'}  mode [bold]{engine.mode.value}[/]  version {engine.version}")
-    terms = Table("term_id", "type", "value", title="terms")
-    for term in engine.terms:
-        terms.add_row(term.term_id, term.term_type.value, term.value)
-    relations = Table("relation_id", "type", "source", "target", "conditions", title="relations")
-    for rel in engine.relations:
-        conditions = rel.cond.model_dump_json(exclude_none=True) if not rel.cond.is_empty() else ""
-        relations.add_row(rel.relation_id, rel.relation_type.value, rel.source_term_id, rel.target_term_id, conditions)
-    out.print(terms)
-    out.print(relations)
+    print_table(
+        ("term_id", "type", "value"),
+        [(t.term_id, t.term_type.value, t.value) for t in engine.terms],
+        title="terms",
+    )
+    print_table(
+        ("relation_id", "type", "source", "target", "conditions"),
+        [
+            (
+                r.relation_id,
+                r.relation_type.value,
+                r.source_term_id,
+                r.target_term_id,
+                "" if r.cond.is_empty() else r.cond.model_dump_json(exclude_none=True),
+            )
+            for r in engine.relations
+        ],
+        title="relations",
+    )
 
 
 @policy_app.command("test")
@@ -103,9 +112,9 @@ def explain(
     out.print(f"  risk             {risk.level.value} ({risk.score}) {dict(risk.dimensions)}")
     out.print(f"  satisfied terms  {', '.join(result.satisfied_terms) or '(none)'}")
     if result.matched:
-        table = Table("relation", "type", "effect")
-        for match in result.matched:
-            table.add_row(match.relation_id, match.relation_type.value, match.effect)
-        out.print(table)
+        print_table(
+            ("relation", "type", "effect"),
+            [(m.relation_id, m.relation_type.value, m.effect) for m in result.matched],
+        )
     else:
         out.print("  no relation matched")

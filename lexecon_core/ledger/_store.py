@@ -284,7 +284,7 @@ class Ledger:
             with self._reader.connect() as conn:
                 page = conn.execute(query.where(_t.c.seq > last)).all()
             for r in page:
-                yield StoredRow(r[0], r[1], bytes(r[2]), bytes(r[3]), bytes(r[4]), r[5], bytes(r[6]), *r[7:])
+                yield StoredRow(r[0], r[1], _blob(r[2]), _blob(r[3]), _blob(r[4]), r[5], _blob(r[6]), *r[7:])
             if len(page) < batch:
                 return
             last = page[-1][0]
@@ -330,6 +330,17 @@ _FULL = (
     _t.c.kid,
     _t.c.signature,
 )
+
+
+def _blob(value: Any) -> bytes:
+    """Stored bytes, whatever type a tampered row now holds: verification must report, never crash."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    if value is None:
+        return b""
+    return bytes(value)
 
 
 def _to_entry(row: Any) -> LedgerEntry:
