@@ -32,11 +32,12 @@ def canonical_bytes(value: Any) -> bytes:
     """Serialise ``value`` as JCS-compatible canonical JSON. Raises :class:`InvalidRequest` on floats or big ints."""
     try:
         text = _encoder.encode(value)
-    except (TypeError, ValueError) as exc:
+        encoded = text.encode("utf-8")
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError (lone surrogates) is a ValueError
         raise InvalidRequest(f"not JSON-serialisable: {exc}") from None
     # Re-reading with hooks is the cheapest complete check (the C parser calls back only for numbers).
     json.loads(text, parse_float=_reject_float, parse_int=_check_int)
-    return text.encode("utf-8")
+    return encoded
 
 
 def args_digest(args: Any) -> str:
@@ -46,10 +47,10 @@ def args_digest(args: Any) -> str:
     (shortest round-trip repr). Verifiers in other languages should expect integers or strings for exact reproduction.
     """
     try:
-        data = _encoder.encode(args)
-    except (TypeError, ValueError) as exc:
+        data = _encoder.encode(args).encode("utf-8")
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError (lone surrogates) is a ValueError
         raise InvalidRequest(f"tool_args must be JSON-serialisable: {exc}") from None
-    return hashlib.sha256(data.encode("utf-8")).hexdigest()
+    return hashlib.sha256(data).hexdigest()
 
 
 def ledger_safe(value: Any) -> Any:

@@ -8,11 +8,12 @@ literal. ``ai_agent:*`` matches ``ai_agent:bot`` but not ``ai_agent`` or ``x_ai_
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -49,6 +50,18 @@ def matches(pattern: str, value: str) -> bool:
     if is_literal(pattern):
         return pattern == value
     return compile_pattern(pattern).fullmatch(value) is not None
+
+
+def context_text(value: Any) -> str:
+    """How a context value is matched against a pattern: strings as they are, anything else as compact JSON
+    (``True`` -> ``true``, ``10`` -> ``10``, ``None`` -> ``null``). Policy terms, conditions and risk rules all use it.
+    """
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def matches_any(patterns: Iterable[str], value: str) -> bool:

@@ -110,9 +110,11 @@ def load_settings(home: str | Path | None = None, **overrides: Any) -> Settings:
     config_path = root / "config.json"
     if config_path.is_file():
         try:
-            json.loads(config_path.read_text())
+            parsed = json.loads(config_path.read_text())
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read {config_path}: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise ConfigError(f"{config_path} must hold a JSON object")
     token = _config_file.set(config_path)
     try:
         return Settings(home=root, **{k: v for k, v in overrides.items() if v is not None})

@@ -8,7 +8,6 @@ no approval exists.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 import uuid
@@ -16,18 +15,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lexecon_core._canonical import args_digest, ledger_safe
 from lexecon_core.config import Settings
-from lexecon_core.errors import ConfigError, GovernanceDenied, GovernanceError, InvalidRequest, LedgerError
+from lexecon_core.errors import GovernanceDenied, GovernanceError, InvalidRequest, LedgerError
 from lexecon_core.keys import PublicKey
 from lexecon_core.ledger import VerificationReport
 from lexecon_core.node import Node, open_node
 from lexecon_core.policy import Outcome, PolicyEngine, PolicyMode
-from lexecon_core.risk import DEFAULT_RULES, RiskLevel, RiskRules, assess
-from lexecon_core.tokens import CapabilityClaims, ReplayCache, issue_token, verify_token
+from lexecon_core.risk import RiskLevel, RiskRules, assess, load_risk_rules
+from lexecon_core.tokens import DEFAULT_REPLAY_CACHE, CapabilityClaims, ReplayCache, issue_token, verify_token
 
 __all__ = ["Decision", "DecisionRequest", "Governor", "LocalGovernor"]
 
@@ -112,19 +110,6 @@ class Governor(Protocol):
     def verify_token(self, token: str, *, tool: str, args: Mapping[str, Any]) -> CapabilityClaims: ...
 
 
-def _load_risk_rules(path: Path | None) -> RiskRules:
-    if path is None:
-        return DEFAULT_RULES
-    try:
-        text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read risk rules {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"risk rules {path} must be a mapping")
-    return RiskRules.from_mapping(data)
-
-
 class LocalGovernor:
     """Decides in-process against the node at ``home`` (default ``$LEXECON_HOME`` or ``./.lexecon``)."""
 
@@ -140,8 +125,8 @@ class LocalGovernor:
         self._node: Node = open_node(home, settings=settings)
         self.settings = self._node.settings
         self.policy = policy if policy is not None else self._node.current_policy()
-        self.risk_rules = risk_rules or _load_risk_rules(self.settings.risk_rules_file)
-        self.replay_cache = replay_cache or ReplayCache()
+        self.risk_rules = risk_rules or load_risk_rules(self.settings.risk_rules_file)
+        self.replay_cache = replay_cache or DEFAULT_REPLAY_CACHE
         self._rotate_lock = threading.Lock()
 
     # -- the Governor interface -----------------------------------------------------------------------------------
@@ -165,7 +150,7 @@ class LocalGovernor:
                 data_classes=req.data_classes,
                 context=req.context,
                 risk_level=risk.level,
-                mode=req.policy_mode,
+                mode=_stricter(self.settings.policy_mode, req.policy_mode),
             )
         except (ValueError, TypeError) as exc:
             raise GovernanceError(f"policy evaluation failed for tool {req.tool!r}: {exc}") from None
@@ -252,9 +237,10 @@ class LocalGovernor:
 
     def verify_token(self, token: str, *, tool: str, args: Mapping[str, Any]) -> CapabilityClaims:
         """Verify (and consume) a capability token from this node for a call of ``tool`` with ``args``."""
+        ttl_and_leeway = self.settings.token_ttl_seconds + self.settings.token_leeway_seconds
         return verify_token(
             token,
-            keys=self.public_keys,
+            keys=self._node.keys.token_keys(ttl_and_leeway),
             tool=tool,
             args=args,
             audience=self.settings.token_audience,
@@ -280,9 +266,8 @@ class LocalGovernor:
         return self._node.ledger.verify(self.public_keys, key_source=f"node keys in {self._node.paths.keys}")
 
     def load_policy(self, path: str | Path) -> PolicyEngine:
+        """Validate a policy file, record it in the ledger, and decide by it from now on."""
         engine, _ = self._node.load_policy_file(path)
-        if self.settings.policy_mode is not None:
-            engine.mode = engine.mode.stricter(self.settings.policy_mode)
         self.policy = engine
         return engine
 
@@ -298,6 +283,12 @@ class LocalGovernor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _stricter(a: PolicyMode | None, b: PolicyMode | None) -> PolicyMode | None:
+    if a is None:
+        return b
+    return a.stricter(b)
 
 
 def _resource(context: Mapping[str, Any]) -> str | None:

@@ -18,7 +18,6 @@ __all__ = [
     "InvalidRequest",
     "KeyStoreError",
     "LedgerError",
-    "LedgerIntegrityError",
     "LexeconError",
     "PolicyError",
     "TokenError",
@@ -47,10 +46,6 @@ class InvalidRequest(LexeconError):
 
 class LedgerError(LexeconError):
     """The ledger could not be read or written. A decision that hits this is never approved."""
-
-
-class LedgerIntegrityError(LedgerError):
-    """The ledger's stored contents do not verify."""
 
 
 class TokenError(LexeconError):

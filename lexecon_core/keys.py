@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 import stat
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,10 +25,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from lexecon_core.errors import KeyStoreError
 
-__all__ = ["KeyRing", "PublicKey", "Signer", "jwks_to_keys", "key_id"]
+__all__ = ["KeyRing", "PublicKey", "Signer", "b64url", "jwks_to_keys", "key_id"]
 
 
-def _b64url(data: bytes) -> str:
+def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
@@ -38,7 +38,7 @@ def _b64url_decode(text: str) -> bytes:
 
 def key_id(public_raw: bytes) -> str:
     """The key id: base64url of the first 16 bytes of SHA-256 over the raw 32-byte public key."""
-    return _b64url(hashlib.sha256(public_raw).digest()[:16])
+    return b64url(hashlib.sha256(public_raw).digest()[:16])
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +65,7 @@ class PublicKey:
         return Ed25519PublicKey.from_public_bytes(self.raw)
 
     def to_jwk(self) -> dict[str, str]:
-        return {"kty": "OKP", "crv": "Ed25519", "x": _b64url(self.raw), "kid": self.kid, "alg": "EdDSA", "use": "sig"}
+        return {"kty": "OKP", "crv": "Ed25519", "x": b64url(self.raw), "kid": self.kid, "alg": "EdDSA", "use": "sig"}
 
     def to_pem(self) -> bytes:
         return self.to_cryptography().public_bytes(
@@ -202,7 +202,8 @@ class KeyRing:
             signer = cls._load_signer(directory / f"{active}.key", master_key)
             if signer.kid != active:
                 raise KeyStoreError(f"key file for {active} holds a different key ({signer.kid})")
-            public_keys.setdefault(signer.kid, signer.public)
+            if public_keys.get(active) != signer.public:
+                raise KeyStoreError(f"published key {active}.pub is missing or does not match the signing key")
         return cls(directory, signer, public_keys)
 
     @staticmethod
@@ -217,7 +218,9 @@ class KeyRing:
             if not isinstance(loaded, Ed25519PublicKey):
                 raise KeyStoreError(f"{path.name} is not an Ed25519 public key")
             key = PublicKey.from_raw(loaded.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
-            keys[key.kid] = key
+            # A file whose contents are not the key its name promises was swapped: it is not trusted.
+            if key.kid == path.stem:
+                keys[key.kid] = key
         return keys
 
     @staticmethod
@@ -250,15 +253,36 @@ class KeyRing:
     def activate(self, signer: Signer) -> None:
         """Make ``signer`` the active key and delete the retired private key (its public key stays published)."""
         old = self._signer
+        if old is not None and old.kid != signer.kid:
+            _write_atomic(self.directory / f"{old.kid}.retired", str(int(time.time())).encode())
         _write_atomic(self.directory / "active", signer.kid.encode())
         self._signer = signer
         self.public_keys[signer.kid] = signer.public
         if old is not None and old.kid != signer.kid:
             (self.directory / f"{old.kid}.key").unlink(missing_ok=True)
 
-    def write_jwks(self, path: Path) -> None:
-        path.write_text(json.dumps(self.jwks(), indent=2) + "\n")
+    def token_keys(self, grace_seconds: int) -> dict[str, PublicKey]:
+        """Keys that may sign a capability token now: the active key, and keys retired within ``grace_seconds``
+        (a token issued just before a rotation stays usable for its short life; a retired key mints nothing new).
+        Ledger verification, unlike this, trusts every published key: old entries stay verifiable."""
+        keys = {self.active_kid: self.signer.public}
+        cutoff = time.time() - grace_seconds
+        for kid, key in self.public_keys.items():
+            retired = self._retired_at(kid)
+            if retired is not None and retired >= cutoff:
+                keys[kid] = key
+        return keys
 
+    def _retired_at(self, kid: str) -> int | None:
+        try:
+            return int((self.directory / f"{kid}.retired").read_text().strip())
+        except (OSError, ValueError):
+            return None
 
-def keys_from_iterable(keys: Iterable[PublicKey]) -> dict[str, PublicKey]:
-    return {k.kid: k for k in keys}
+    def is_encrypted(self) -> bool:
+        """Whether the active private key is stored encrypted."""
+        try:
+            with open(self.directory / f"{self.active_kid}.key", "rb") as handle:
+                return b"ENCRYPTED" in handle.readline()
+        except OSError:
+            return False

@@ -6,23 +6,19 @@ they take effect, so the ledger tells the whole story of which key and which pol
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lexecon_core.config import NodeHome, Settings, load_settings
 from lexecon_core.errors import ConfigError
-from lexecon_core.keys import KeyRing, PublicKey
+from lexecon_core.keys import KeyRing, PublicKey, b64url
 from lexecon_core.ledger import Ledger, LedgerEntry
 from lexecon_core.policy import PolicyEngine, load_policy
 
 __all__ = ["Node", "init_node", "open_node"]
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 @dataclass
@@ -47,7 +43,7 @@ class Node:
         new = self.keys.prepare_rotation(self.settings.master_key_value())
         self.ledger.append(
             "key_rotated",
-            {"old_kid": self.keys.active_kid, "new_kid": new.kid, "new_public_key": _b64url(new.public.raw)},
+            {"old_kid": self.keys.active_kid, "new_kid": new.kid, "new_public_key": b64url(new.public.raw)},
             signer=self.keys.signer,
         )
         self.ledger.publish_key(new.public)
@@ -70,15 +66,28 @@ class Node:
         return engine, entry
 
     def current_policy(self) -> PolicyEngine:
-        """The policy in force: ``LEXECON_POLICY_FILE``, else the loaded one, else an empty (deny-all) strict policy."""
+        """The policy in force: ``LEXECON_POLICY_FILE``, else the loaded one, else an empty (deny-all) strict policy.
+
+        ``LEXECON_POLICY_MODE`` is applied per evaluation (it can only tighten), so the policy's version stays the
+        hash of the document that was loaded.
+        """
         path = self.settings.policy_file or (self.paths.policy if self.paths.policy.is_file() else None)
-        engine = load_policy(path) if path is not None else PolicyEngine(mode="strict", name="empty")
-        if self.settings.policy_mode is not None:
-            engine.mode = engine.mode.stricter(self.settings.policy_mode)
-        return engine
+        return load_policy(path) if path is not None else PolicyEngine(mode="strict", name="empty")
 
     def trusted_keys(self) -> dict[str, PublicKey]:
         return dict(self.keys.public_keys)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object")
+    return data
 
 
 def init_node(
@@ -89,40 +98,36 @@ def init_node(
     master_key: str | None = None,
     database_url: str | None = None,
 ) -> Node:
-    """Create a node home: config, signing key (0600), SQLite ledger with a genesis entry.
+    """Create a node home: config, signing key (0600), ledger with its genesis entry.
 
-    An existing home is refused unless ``force``; even then its keys are kept, never replaced.
+    An existing home is refused unless ``force``; even then its keys are kept, never replaced, and the other settings
+    in its config are kept. Every check runs before anything is written.
     """
     settings = load_settings(home, node_id=node_id, master_key=master_key, database_url=database_url)
     paths = settings.paths
+    existing = _read_config(paths.config)
     if paths.exists() and not force:
         raise ConfigError(f"{paths.root} is already a Lexecon home; use --force to rewrite its config (keys are kept)")
-    if paths.exists():
-        previous = load_settings(paths.root).node_id
-        if previous not in (None, node_id) and paths.ledger.exists():
-            raise ConfigError(
-                f"{paths.root} holds the ledger of node {previous!r}; a ledger cannot change node, move it away first"
-            )
+    previous = existing.get("node_id")
+    if previous not in (None, node_id) and paths.ledger.exists():
+        raise ConfigError(
+            f"{paths.root} holds the ledger of node {previous!r}; a ledger cannot change node, move it away first"
+        )
     paths.root.mkdir(parents=True, exist_ok=True)
     os.chmod(paths.root, 0o700)
-    config = {"node_id": node_id}
-    if database_url:
-        config["database_url"] = database_url
-    paths.config.write_text(json.dumps(config, indent=2) + "\n")
     key_master = settings.master_key_value()
     keys = (
         KeyRing.load(paths.keys, key_master)
         if (paths.keys / "active").exists()
         else KeyRing.create(paths.keys, key_master)
     )
-    ledger = Ledger(settings.ledger_url, node_id=node_id, signer=keys.signer)
+    ledger = Ledger(settings.ledger_url, node_id=node_id, signer=keys.signer)  # refuses another node's ledger
     for key in keys.public_keys.values():
         ledger.publish_key(key)
-    if ledger.head()[0] == 0:
-        ledger.append(
-            "ledger_genesis",
-            {"node_id": node_id, "kid": keys.active_kid, "public_key": _b64url(keys.signer.public.raw)},
-        )
+    config = {**existing, "node_id": node_id}
+    if database_url:
+        config["database_url"] = database_url
+    paths.config.write_text(json.dumps(config, indent=2) + "\n")
     if paths.ledger.exists():
         os.chmod(paths.ledger, 0o600)
     return Node(settings, keys, ledger)

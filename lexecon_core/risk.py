@@ -15,11 +15,14 @@ The overall score is the weighted average of the six dimensions (integer weights
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from lexecon_core import _glob
@@ -35,6 +38,7 @@ __all__ = [
     "RiskRules",
     "ToolRule",
     "assess",
+    "load_risk_rules",
 ]
 
 
@@ -155,6 +159,8 @@ class RiskRules(BaseModel):
             raise ValueError(f"weights must name exactly the dimensions {list(DIMENSIONS)}")
         if any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) != 100:
             raise ValueError("weights must be non-negative integers summing to 100")
+        if any(not 0 <= floor <= 100 for floor in self.declared_floor.values()):
+            raise ValueError("declared_floor values must be between 0 and 100")
         levels = [self.thresholds.get(lvl) for lvl in (RiskLevel.MEDIUM, RiskLevel.HIGH, RiskLevel.CRITICAL)]
         if None in levels or not 0 < levels[0] < levels[1] < levels[2] <= 100:  # type: ignore[operator]
             raise ValueError("thresholds must give medium < high < critical, each within 1-100")
@@ -232,6 +238,20 @@ DEFAULT_RULES = RiskRules(
 )
 
 
+def load_risk_rules(path: Path | None) -> RiskRules:
+    """Rules from a JSON or YAML file (the :class:`RiskRules` fields); the defaults when ``path`` is None."""
+    if path is None:
+        return DEFAULT_RULES
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read risk rules {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"risk rules {path} must be a mapping")
+    return RiskRules.from_mapping(data)
+
+
 @dataclass(frozen=True, slots=True)
 class RiskAssessment:
     """The outcome of :func:`assess`: per-dimension scores, the weighted score, its level and why."""
@@ -276,7 +296,7 @@ def assess(
             contribute(f"data_class:{dc_rule.pattern}", dc_rule.scores)
     if context:
         for ctx_rule in rules.context_rules:
-            if ctx_rule.key in context and _glob.matches(ctx_rule.pattern, str(context[ctx_rule.key])):
+            if ctx_rule.key in context and _glob.matches(ctx_rule.pattern, _glob.context_text(context[ctx_rule.key])):
                 factors.append(f"context:{ctx_rule.key}={ctx_rule.pattern}")
                 for dim, delta in ctx_rule.adjust.items():
                     scores[dim] += delta

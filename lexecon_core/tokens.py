@@ -149,8 +149,8 @@ def verify_token(
     key_map = _key_map(keys)
     try:
         header = jwt.get_unverified_header(token)
-    except jwt.DecodeError:
-        raise TokenError("malformed", "capability token is not a compact JWS") from None
+    except jwt.PyJWTError:
+        raise TokenError("malformed", "capability token is not a compact JWS with a valid header") from None
     if header.get("alg") != _ALGORITHM:
         raise TokenError("bad_header", f"capability token algorithm must be {_ALGORITHM}")
     if header.get("typ") != TOKEN_TYPE:
@@ -185,7 +185,7 @@ def verify_token(
     if not _equal(claims["args_sha256"], expected_args):
         raise TokenError("args_mismatch", "capability token was issued for different arguments")
     if replay_cache is not None:
-        replay_cache.use(claims["jti"], int(claims["exp"]) + leeway)
+        replay_cache.use(claims["jti"], int(claims["exp"]) + leeway, now=now)
     return CapabilityClaims(**{k: claims[k] for k in (*_REQUIRED, *_CUSTOM)}, kid=kid)
 
 

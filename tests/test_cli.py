@@ -182,3 +182,67 @@ def test_console_script_entry_point(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.startswith("error: no Lexecon node") and "Traceback" not in result.stderr
+
+
+def test_no_arguments_prints_help_and_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys)
+    assert code == 0
+    assert "Usage" in out + err
+    assert "error:" not in err
+
+
+def test_debug_shows_a_traceback_but_keeps_exit_2(
+    cli_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lexecon_core.cli._node as node_cmds
+
+    def explode(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(node_cmds, "LocalGovernor", explode)
+    code, _, err = run(capsys, "decide", "--home", str(cli_home), "--actor", "a", "--tool", "b")
+    assert code == 2
+    assert err.count("\n") == 1 and "unexpected RuntimeError: boom" in err
+    monkeypatch.setenv("LEXECON_DEBUG", "1")
+    code, _, err = run(capsys, "decide", "--home", str(cli_home), "--actor", "a", "--tool", "b")
+    assert code == 2
+    assert "Traceback" in err and "error: unexpected RuntimeError: boom" in err
+
+
+def test_ledger_file_copy_is_verified_with_the_nodes_keys(
+    cli_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    copy = tmp_path / "copy.db"
+    with sqlite3.connect(cli_home / "ledger.db") as src, sqlite3.connect(copy) as dst:
+        src.backup(dst)
+    code, out, _ = run(capsys, "verify-ledger", "--ledger-file", str(copy), "--home", str(cli_home), "--json")
+    report = json.loads(out)
+    assert code == 0 and report["valid"]
+    assert report["key_source"].startswith("node keys in")
+    code, out, _ = run(capsys, "verify-ledger", "--ledger-file", str(copy), "--home", str(tmp_path / "x"), "--json")
+    assert code == 0
+    assert "not independently pinned" in json.loads(out)["key_source"]
+
+
+def test_init_force_keeps_other_settings(cli_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = json.loads((cli_home / "config.json").read_text())
+    (cli_home / "config.json").write_text(json.dumps({**config, "token_ttl_seconds": 30}))
+    code, out, _ = run(capsys, "init", "--node-id", "cli-node", "--home", str(cli_home), "--force")
+    assert code == 0 and "(unencrypted)" in out
+    assert json.loads((cli_home / "config.json").read_text())["token_ttl_seconds"] == 30
+
+
+def test_policy_test_uses_the_configured_risk_rules(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("tool_rules:\n  - {pattern: get_customer, scores: {security: 100, privacy: 100}}\n")
+    monkeypatch.setenv("LEXECON_RISK_RULES_FILE", str(rules))
+    code, out, _ = run(
+        capsys, "policy", "test", str(SUPPORT_POLICY), "--actor", "ai_agent:support_bot", "--tool", "get_customer",
+        "--json",
+    )  # fmt: skip
+    assert code == 0
+    assert json.loads(out)["risk"]["dimensions"]["security"] == 100

@@ -337,3 +337,11 @@ def test_evaluation_is_deterministic(specs, actor: str, tool: str, level: str) -
     first = engine_with("paranoid", *relations).evaluate(actor=actor, tool=tool, risk_level=level)
     second = engine_with("paranoid", *relations).evaluate(actor=actor, tool=tool, risk_level=level)
     assert first == second
+
+
+def test_unknown_risk_fails_closed_for_grants_and_holds_for_denials() -> None:
+    grant = engine_with("strict", ("permits", "agents", "refund", {"min_risk_level": "low"}))
+    assert not grant.evaluate(actor="ai_agent:a", tool="refund").approved
+    assert grant.evaluate(actor="ai_agent:a", tool="refund", risk_level="low").approved
+    deny = engine_with("permissive", ("forbids", "agents", "refund", {"max_risk_level": "critical"}))
+    assert not deny.evaluate(actor="ai_agent:a", tool="refund").approved

@@ -124,3 +124,14 @@ def test_risk_levels_order_by_severity() -> None:
     assert RiskLevel.LOW < RiskLevel.MEDIUM < RiskLevel.HIGH < RiskLevel.CRITICAL
     assert max(RiskLevel.HIGH, RiskLevel.LOW) is RiskLevel.HIGH
     assert sorted(["critical", "low", "high"], key=lambda v: RiskLevel(v).rank) == ["low", "high", "critical"]
+
+
+def test_context_values_are_matched_as_the_policy_engine_matches_them() -> None:
+    rules = RiskRules(context_rules=[{"key": "dry_run", "pattern": "false", "adjust": {"operational": 50}}])
+    assert assess(tool="x", context={"dry_run": False}, rules=rules).dimensions["operational"] == 50
+    assert assess(tool="x", context={"dry_run": True}, rules=rules).dimensions["operational"] == 0
+
+
+def test_declared_floor_is_bounded() -> None:
+    with pytest.raises(ConfigError, match="declared_floor"):
+        RiskRules.from_mapping({"declared_floor": {"critical": 150}})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 import typer
 
@@ -40,11 +41,13 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
             # A usage error from Typer's parser (Click's exception protocol; Typer may vendor Click).
+            message = exc.format_message().replace("\n", " ")
+            if not message:  # a group run without a command: the help was printed, nothing failed
+                sys.exit(0)
             ctx = getattr(exc, "ctx", None)
             hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-            code = _fail(exc.format_message().replace("\n", " ") + hint)
-            sys.exit(code)
+            sys.exit(_fail(message + hint))
         if os.environ.get("LEXECON_DEBUG"):
-            raise
+            traceback.print_exc()
         code = _fail(f"unexpected {type(exc).__name__}: {exc} (set LEXECON_DEBUG=1 for a traceback)")
     sys.exit(code)

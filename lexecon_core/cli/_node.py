@@ -31,7 +31,7 @@ def init(
     try:
         out.print(f"initialised node [bold]{node.node_id}[/] in {node.paths.root}")
         out.print(
-            f"  signing key  {node.keys.active_kid} ({'encrypted' if node.settings.master_key else 'unencrypted'})"
+            f"  signing key  {node.keys.active_kid} ({'encrypted' if node.keys.is_encrypted() else 'unencrypted'})"
         )
         out.print(f"  ledger       {node.settings.ledger_url}")
     finally:
@@ -94,9 +94,8 @@ def _parse_anchor(text: str) -> tuple[int, bytes]:
         raise InvalidRequest(f"--anchor must be SEQ:HEX_SHA256, got {text!r}") from None
 
 
-def _trusted_keys(
-    jwks: Path | None, ledger_file: Path | None, home: Path | None
-) -> tuple[dict[str, PublicKey] | None, str]:
+def _trusted_keys(jwks: Path | None, node_id: str, home: Path | None) -> tuple[dict[str, PublicKey] | None, str]:
+    """Pinned JWKS if given; else the keys of the local node whose ledger this is; else none (embedded keys)."""
     if jwks is not None:
         try:
             document = json.loads(jwks.read_text())
@@ -104,9 +103,7 @@ def _trusted_keys(
             raise ConfigError(f"cannot read JWKS {jwks}: {exc}") from None
         return jwks_to_keys(document), f"pinned JWKS {jwks}"
     settings = load_settings(home)
-    if settings.paths.keys.is_dir() and (
-        ledger_file is None or ledger_file.resolve() == settings.paths.ledger.resolve()
-    ):
+    if settings.paths.keys.is_dir() and settings.node_id == node_id:
         return KeyRing.load_public(settings.paths.keys), f"node keys in {settings.paths.keys}"
     return None, ""
 
@@ -134,8 +131,8 @@ def verify_ledger(
         if not settings.paths.exists():
             raise ConfigError(f"no Lexecon node at {settings.paths.root}; pass --ledger-file or run `lexecon init`")
         url = settings.ledger_url
-    keys, source = _trusted_keys(jwks, ledger_file, home)
     with Ledger(url, readonly=True) as ledger:
+        keys, source = _trusted_keys(jwks, ledger.node_id, home)
         total = ledger.count()
         report = _run_verify(ledger, keys, source, anchors, total, show_progress=not as_json)
     if as_json:

@@ -8,9 +8,10 @@ from typing import Annotated
 import typer
 
 from lexecon_core.cli._common import HomeOption, JsonFlag, out, parse_pairs, print_json, print_table
+from lexecon_core.config import load_settings
 from lexecon_core.node import open_node
 from lexecon_core.policy import PolicyEngine, load_policy
-from lexecon_core.risk import RiskLevel, assess
+from lexecon_core.risk import RiskLevel, assess, load_risk_rules
 
 policy_app = typer.Typer(help="Load, show and test policies.", no_args_is_help=True)
 
@@ -83,7 +84,8 @@ def explain(
     engine = load_policy(file)
     ctx = parse_pairs(context, "--context")
     classes = data_class or []
-    risk = assess(tool=tool, data_classes=classes, declared_level=risk_level, context=ctx)
+    rules = load_risk_rules(load_settings().risk_rules_file)
+    risk = assess(tool=tool, data_classes=classes, declared_level=risk_level, context=ctx, rules=rules)
     resource = ctx.get("resource") if isinstance(ctx.get("resource"), str) else None
     result = engine.evaluate(
         actor=actor,

@@ -24,6 +24,7 @@ ENTRY_TAG = b"lexecon:ledger:entry:v1\x00"
 SIGNATURE_TAG = b"lexecon:ledger:sig:v1\x00"
 GENESIS_TAG = b"lexecon:ledger:genesis:v1\x00"
 BODY_VERSION = 1
+GENESIS_TYPE = "ledger_genesis"  # the type of entry 1 of every ledger
 
 
 def genesis_hash(node_id: str) -> bytes:

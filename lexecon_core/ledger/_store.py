@@ -13,15 +13,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, insert, inspect, select
+from sqlalchemy import Engine, create_engine, event, func, insert, inspect, make_url, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
 from lexecon_core.errors import LedgerError
-from lexecon_core.keys import PublicKey, Signer
+from lexecon_core.keys import PublicKey, Signer, b64url
 from lexecon_core.ledger import _schema
 from lexecon_core.ledger._entry import (
+    GENESIS_TYPE,
     LedgerEntry,
     entry_hash,
     genesis_hash,
@@ -44,6 +45,7 @@ _ROW_COLUMNS = (
     _t.c.entry_hash,
     _t.c.kid,
     _t.c.signature,
+    _t.c.created_at,
     _t.c.decision_id,
     _t.c.actor,
     _t.c.tool,
@@ -93,9 +95,10 @@ class Ledger:
         self._lock = threading.Lock()  # one appender per process; the database lock covers other processes
         self._conn: PoolProxiedConnection | None = None
         try:
+            backend = make_url(url).get_backend_name()
+            if backend != "sqlite":
+                raise LedgerError(f"{backend} ledgers are not supported yet; use SQLite")
             self._writer = _make_engine(url, immediate=True, readonly=readonly)
-            if self._writer.dialect.name != "sqlite":
-                raise LedgerError(f"{self._writer.dialect.name} ledgers are not supported yet; use SQLite")
             self._reader = _make_engine(url, immediate=False, readonly=readonly)
             if readonly:
                 missing = {t.name for t in _schema.metadata.sorted_tables} - set(
@@ -115,6 +118,15 @@ class Ledger:
             self.node_id = self._bind_node(node_id)
         except SQLAlchemyError as exc:
             raise LedgerError(f"cannot open ledger: {_short(exc)}") from None
+        if signer is not None and not readonly:
+            self._ensure_genesis(signer)
+
+    def _ensure_genesis(self, signer: Signer) -> None:
+        """A new ledger starts with an entry naming its node and first key, so an emptied ledger cannot pass."""
+        if self.head()[0] == 0:
+            self.publish_key(signer.public)
+            genesis = {"node_id": self.node_id, "kid": signer.kid, "public_key": b64url(signer.public.raw)}
+            self._append(GENESIS_TYPE, genesis, signer, only_if_empty=True)
 
     def _bind_node(self, node_id: str | None) -> str:
         """The node id recorded in the ledger; a new ledger records ``node_id``. A mismatch is an error."""
@@ -174,6 +186,13 @@ class Ledger:
         signer = signer or self._signer
         if signer is None:
             raise LedgerError("this ledger handle is read-only (no signing key)")
+        entry = self._append(entry_type, data, signer)
+        assert entry is not None
+        return entry
+
+    def _append(
+        self, entry_type: str, data: Mapping[str, Any], signer: Signer, *, only_if_empty: bool = False
+    ) -> LedgerEntry | None:
         request = data.get("request") or {}
         with self._lock:
             db = self._append_dbapi()
@@ -181,6 +200,9 @@ class Ledger:
             try:
                 cursor.execute("BEGIN IMMEDIATE")  # take the write lock before reading the head: no fork, no gap
                 head = cursor.execute(self._head_sql).fetchone()
+                if only_if_empty and head is not None:  # another process got there first
+                    db.rollback()
+                    return None
                 seq, prev = (head[0] + 1, bytes(head[1])) if head else (1, genesis_hash(self.node_id))
                 timestamp = utc_timestamp()
                 body = make_body(seq=seq, entry_type=entry_type, timestamp=timestamp, node_id=self.node_id, data=data)

@@ -5,9 +5,10 @@ For each entry, in sequence order, starting from the genesis hash of the node:
 1. its sequence number is the next one (1, 2, 3, ... with no gap or repeat);
 2. its ``prev_hash`` is the hash of the entry before it;
 3. its ``entry_hash`` is SHA-256 over the tag, the previous hash and the stored body bytes;
-4. the body parses, and its ``seq``, ``type`` and ``node`` are the row's;
+4. the body is a JSON object whose ``seq``, ``type``, ``node`` and ``ts`` are the row's; entry 1 is the
+   ``ledger_genesis`` entry (so an emptied or re-based ledger does not pass);
 5. it is signed by a trusted key: the ``kid`` is known and the signature verifies over the entry hash;
-6. the filter columns (decision id, actor, tool, outcome) agree with the body.
+6. the copied columns (created_at, decision id, actor, tool, outcome) agree with the signed body.
 
 Then each anchor (a ``(seq, entry_hash)`` pair the verifier learnt elsewhere, e.g. from a capability token or a
 receipt) must be matched by the entry at that position: a ledger shorter than an anchor was truncated; one that
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lexecon_core.keys import PublicKey
-from lexecon_core.ledger._entry import entry_hash, genesis_hash, signing_message
+from lexecon_core.ledger._entry import GENESIS_TYPE, entry_hash, genesis_hash, signing_message
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,7 @@ class StoredRow:
     entry_hash: bytes
     kid: str
     signature: bytes
+    created_at: str | None = None
     decision_id: str | None = None
     actor: str | None = None
     tool: str | None = None
@@ -75,11 +77,14 @@ class VerificationReport:
         return data
 
 
+CHAIN, SIGNATURE, COLUMNS = "chain", "signature", "columns"
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class _Failure:
     seq: int
     reason: str
-    chain: bool  # True: the hash chain or body is broken; False: a signature or index problem
+    kind: str  # CHAIN: the hash chain or a body is broken; SIGNATURE: key or signature; COLUMNS: copied columns
 
 
 def _check_chain(row: StoredRow, expected_seq: int, prev: bytes, node_id: str) -> _Failure | None:
@@ -87,25 +92,32 @@ def _check_chain(row: StoredRow, expected_seq: int, prev: bytes, node_id: str) -
     seq = row.seq
     if seq != expected_seq:
         kind = "gap" if seq > expected_seq else "repeat or reorder"
-        return _Failure(expected_seq, f"sequence {kind}: expected entry {expected_seq}, found {seq}", True)
+        return _Failure(expected_seq, f"sequence {kind}: expected entry {expected_seq}, found {seq}", CHAIN)
     if row.prev_hash != prev:
         return _Failure(
-            seq, "prev_hash does not link to the previous entry (entry removed, inserted or reordered)", True
+            seq, "prev_hash does not link to the previous entry (entry removed, inserted or reordered)", CHAIN
         )
     if entry_hash(prev, row.body) != row.entry_hash:
-        return _Failure(seq, "entry_hash does not match the stored body (body edited)", True)
+        return _Failure(seq, "entry_hash does not match the stored body (body edited)", CHAIN)
     try:
         body = json.loads(row.body)
     except ValueError:
-        return _Failure(seq, "body is not valid JSON", True)
+        return _Failure(seq, "body is not valid JSON", CHAIN)
+    if not isinstance(body, dict):
+        return _Failure(seq, "body is not a JSON object", CHAIN)
     if body.get("seq") != seq or body.get("type") != row.entry_type or body.get("node") != node_id:
-        return _Failure(seq, "body seq/type/node disagree with the stored row", True)
-    data = body.get("data") or {}
-    request = data.get("request") or {}
-    columns = (row.decision_id, row.actor, row.tool, row.outcome)
-    expected = (data.get("decision_id"), request.get("actor"), request.get("tool"), data.get("outcome"))
+        return _Failure(seq, "body seq/type/node disagree with the stored row", CHAIN)
+    if seq == 1 and row.entry_type != GENESIS_TYPE:
+        return _Failure(seq, f"entry 1 is not the {GENESIS_TYPE} entry", CHAIN)
+    data = body.get("data")
+    data = data if isinstance(data, dict) else {}
+    request = data.get("request")
+    request = request if isinstance(request, dict) else {}
+    columns = (row.created_at, row.decision_id, row.actor, row.tool, row.outcome)
+    expected = (body.get("ts"), data.get("decision_id"), request.get("actor"), request.get("tool"), data.get("outcome"))
     if columns != expected:
-        return _Failure(seq, "indexed columns (decision_id/actor/tool/outcome) disagree with the signed body", False)
+        reason = "copied columns (created_at/decision_id/actor/tool/outcome) disagree with the signed body"
+        return _Failure(seq, reason, COLUMNS)
     return None
 
 
@@ -116,7 +128,7 @@ def _check_signatures(batch: _Pending) -> _Failure | None:
     """Check 5 for a batch. libsodium releases the GIL, so batches verify in parallel on threads."""
     for seq, key, signature, digest in batch:
         if not key.verify(signature, signing_message(digest)):
-            return _Failure(seq, f"signature does not verify with key {key.kid!r}", False)
+            return _Failure(seq, f"signature does not verify with key {key.kid!r}", SIGNATURE)
     return None
 
 
@@ -152,9 +164,9 @@ def verify_rows(
             if failure is None:
                 key = keys.get(row.kid)
                 if key is None:
-                    failure = _Failure(row.seq, f"signed by unknown key {row.kid!r}", False)
+                    failure = _Failure(row.seq, f"signed by unknown key {row.kid!r}", SIGNATURE)
                 elif wanted.get(row.seq, row.entry_hash) != row.entry_hash:
-                    failure = _Failure(row.seq, "entry differs from an anchored hash (history rewritten)", True)
+                    failure = _Failure(row.seq, "entry differs from an anchored hash (history rewritten)", CHAIN)
             if failure is not None:
                 failures.append(failure)
                 break
@@ -170,7 +182,11 @@ def verify_rows(
         else:
             missing = sorted(seq for seq in wanted if seq > count)
             if missing:
-                failures.append(_Failure(count + 1, f"ledger truncated: anchored entry {missing[-1]} is missing", True))
+                failures.append(
+                    _Failure(count + 1, f"ledger truncated: anchored entry {missing[-1]} is missing", CHAIN)
+                )
+            elif count == 0:
+                failures.append(_Failure(1, f"ledger is empty: no {GENESIS_TYPE} entry", CHAIN))
         if batch:
             futures.append(pool.submit(_check_signatures, batch))
         failures.extend(f for f in (fut.result() for fut in futures) if f is not None)
@@ -192,8 +208,8 @@ def verify_rows(
     return VerificationReport(
         valid=False,
         entries_verified=first.seq - 1,
-        chain_intact=not any(f.chain for f in failures),
-        signatures_valid=not any(not f.chain for f in failures if f.seq <= first.seq),
+        chain_intact=not any(f.kind == CHAIN for f in failures),
+        signatures_valid=not any(f.kind == SIGNATURE for f in failures),
         first_bad_seq=first.seq,
         reason=first.reason,
         head_seq=count,

@@ -11,7 +11,6 @@ Evaluation in three steps, each proportional to what matches rather than to the 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,16 +58,6 @@ class _Rel:
     ordinal: int
     conditions: Conditions | None  # None when empty: the common case skips condition checks entirely
     matched: MatchedRelation
-
-
-def context_string(value: Any) -> str:
-    """How a context value is matched against patterns: strings as-is, everything else as JSON (``true``, ``10``)."""
-    if isinstance(value, str):
-        return value
-    try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"))
-    except (TypeError, ValueError):
-        return str(value)
 
 
 class PolicyEngine:
@@ -185,7 +174,7 @@ class PolicyEngine:
             for key, value in context.items():
                 by_key = self._context_index.get(key)
                 if by_key is not None:
-                    satisfied.update(by_key.lookup(context_string(value)))
+                    satisfied.update(by_key.lookup(_glob.context_text(value)))
         if self._implies and satisfied:
             pending = list(satisfied)
             while pending:
@@ -193,7 +182,9 @@ class PolicyEngine:
                     target = rel.relation.target_term_id
                     if target in satisfied:
                         continue
-                    if rel.conditions is None or _conditions_hold(rel.conditions, data_classes, context, risk_level):
+                    if rel.conditions is None or _conditions_hold(
+                        rel.conditions, data_classes, context, risk_level, denying=False
+                    ):
                         satisfied.add(target)
                         pending.append(target)
                         if _implied is not None:
@@ -240,9 +231,12 @@ class PolicyEngine:
                         continue
                 elif not target_holds:
                     continue
-                if rel.conditions is not None and not _conditions_hold(rel.conditions, classes, context, level):
+                denying = relation.relation_type in _DENYING
+                if rel.conditions is not None and not _conditions_hold(
+                    rel.conditions, classes, context, level, denying
+                ):
                     continue
-                (denials if relation.relation_type in _DENYING else permits).append(rel)
+                (denials if denying else permits).append(rel)
 
         subject = _describe(actor, tool, action)
         if denials:
@@ -303,7 +297,10 @@ def _conditions_hold(
     data_classes: Sequence[str],
     context: Mapping[str, Any] | None,
     level: RiskLevel | None,
+    denying: bool,
 ) -> bool:
+    """Whether a relation's conditions hold. An unknown risk level fails closed: risk bounds then hold for
+    relations that deny (forbids, conflicts, requires) and fail for relations that grant (permits, implies)."""
     if cond.data_classes_any is not None and not any(
         _glob.matches_any(cond.data_classes_any, dc) for dc in data_classes
     ):
@@ -312,14 +309,14 @@ def _conditions_hold(
         _glob.matches_any(cond.data_classes_only, dc) for dc in data_classes
     ):
         return False
-    if cond.max_risk_level is not None and (level is None or level > cond.max_risk_level):
+    if cond.max_risk_level is not None and (not denying if level is None else level > cond.max_risk_level):
         return False
-    if cond.min_risk_level is not None and level is not None and level < cond.min_risk_level:
+    if cond.min_risk_level is not None and (not denying if level is None else level < cond.min_risk_level):
         return False
     if cond.context:
         if not context:
             return False
         for key, pattern in cond.context.items():
-            if key not in context or not _glob.matches(pattern, context_string(context[key])):
+            if key not in context or not _glob.matches(pattern, _glob.context_text(context[key])):
                 return False
     return True

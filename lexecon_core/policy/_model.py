@@ -43,7 +43,7 @@ class TermType(StrEnum):
     TOOL = "tool"  # the tool name, e.g. ``delete_*``
     RESOURCE = "resource"  # the resource acted on (``context["resource"]`` in a decision request)
     DATA_CLASS = "data_class"  # satisfied when any of the request's data classes matches
-    CONTEXT = "context"  # ``key=pattern``: satisfied when ``str(context[key])`` matches ``pattern``
+    CONTEXT = "context"  # ``key=pattern``: satisfied when ``context[key]`` (as text, see _glob.context_text) matches
 
 
 class RelationType(StrEnum):
@@ -61,9 +61,10 @@ class Conditions(BaseModel):
 
     ``data_classes_any``: at least one of the request's data classes matches one of these patterns.
     ``data_classes_only``: every data class of the request matches one of these patterns.
-    ``min_risk_level`` / ``max_risk_level``: the request's risk level is within bounds. An unknown level is treated
-    conservatively: it fails ``max_risk_level`` and satisfies ``min_risk_level``.
-    ``context``: for each ``key: pattern``, the request context has ``key`` and ``str(value)`` matches ``pattern``.
+    ``min_risk_level`` / ``max_risk_level``: the request's risk level is within bounds. An unknown level fails closed:
+    the bounds hold for relations that deny and fail for relations that grant.
+    ``context``: for each ``key: pattern``, the request context has ``key`` and its value, as text (JSON for
+    non-strings), matches ``pattern``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
