@@ -176,16 +176,17 @@ class RiskRules(BaseModel):
             raise ConfigError(f"invalid risk rules at {where}: {first['msg']}") from None
 
     def model_post_init(self, context: Any, /) -> None:
-        tools: _glob.PatternIndex[ToolRule] = _glob.PatternIndex()
-        for rule in self.tool_rules:
-            tools.add(rule.pattern, rule)
-        classes: _glob.PatternIndex[DataClassRule] = _glob.PatternIndex()
-        for dc_rule in self.data_class_rules:
-            classes.add(dc_rule.pattern, dc_rule)
+        # Indexed with their position, so matches are applied in rule order without scanning every rule.
+        tools: _glob.PatternIndex[tuple[int, ToolRule]] = _glob.PatternIndex()
+        for position, rule in enumerate(self.tool_rules):
+            tools.add(rule.pattern, (position, rule))
+        classes: _glob.PatternIndex[tuple[int, DataClassRule]] = _glob.PatternIndex()
+        for position, dc_rule in enumerate(self.data_class_rules):
+            classes.add(dc_rule.pattern, (position, dc_rule))
         self._tool_index, self._class_index = tools, classes
 
-    _tool_index: _glob.PatternIndex[ToolRule] = PrivateAttr()
-    _class_index: _glob.PatternIndex[DataClassRule] = PrivateAttr()
+    _tool_index: _glob.PatternIndex[tuple[int, ToolRule]] = PrivateAttr()
+    _class_index: _glob.PatternIndex[tuple[int, DataClassRule]] = PrivateAttr()
 
     def level_for(self, score: int) -> RiskLevel:
         if score >= self.thresholds[RiskLevel.CRITICAL]:
@@ -236,6 +237,10 @@ DEFAULT_RULES = RiskRules(
         ContextRule(key="destination", pattern="external", adjust={"reputational": 10, "privacy": 10}),
     ),
 )
+
+
+def _position(item: tuple[int, Any]) -> int:
+    return item[0]
 
 
 def load_risk_rules(path: Path | None) -> RiskRules:
@@ -289,10 +294,10 @@ def assess(
                 scores[dim] = value
 
     if tool:
-        for rule in sorted(rules._tool_index.lookup(tool), key=rules.tool_rules.index):
+        for _, rule in sorted(rules._tool_index.lookup(tool), key=_position):
             contribute(f"tool:{rule.pattern}", rule.scores)
     for data_class in data_classes:
-        for dc_rule in sorted(rules._class_index.lookup(data_class), key=rules.data_class_rules.index):
+        for _, dc_rule in sorted(rules._class_index.lookup(data_class), key=_position):
             contribute(f"data_class:{dc_rule.pattern}", dc_rule.scores)
     if context:
         for ctx_rule in rules.context_rules:

@@ -9,6 +9,7 @@ the signature with the node's JWKS; :func:`verify_token` also checks everything 
 from __future__ import annotations
 
 import hmac
+import json
 import threading
 import time
 import uuid
@@ -18,6 +19,7 @@ from typing import Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from jwt.algorithms import Algorithm
 
 from lexecon_core._canonical import args_digest
 from lexecon_core.errors import TokenError
@@ -90,6 +92,36 @@ def _jose_key(key: PublicKey) -> Ed25519PublicKey:
     return loaded
 
 
+class _SodiumEdDSA(Algorithm):
+    """EdDSA signing for our own JWS instance with libsodium (via :class:`Signer`), about twice as fast as the
+    OpenSSL path on the decision hot path. Only signing goes through here: verification uses PyJWT's stock EdDSA,
+    so every token is checked the way any third party checks it."""
+
+    def prepare_key(self, key: Any) -> Signer:
+        if not isinstance(key, Signer):
+            raise TypeError("expected a lexecon Signer")
+        return key
+
+    def sign(self, msg: bytes, key: Signer) -> bytes:
+        return key.sign(msg)
+
+    def verify(self, msg: bytes, key: Any, sig: bytes) -> bool:  # never registered for decoding
+        raise TypeError("this algorithm object only signs")
+
+    @staticmethod
+    def to_jwk(key_obj: Any, as_dict: bool = False) -> Any:
+        raise TypeError("publish keys with KeyRing.jwks()")
+
+    @staticmethod
+    def from_jwk(jwk: str | dict[str, Any]) -> Any:
+        raise TypeError("load keys with keys.jwks_to_keys()")
+
+
+_signing_jws = jwt.PyJWS(algorithms=[])
+_signing_jws.register_algorithm(_ALGORITHM, _SodiumEdDSA())
+_claims_encoder = json.JSONEncoder(separators=(",", ":"))
+
+
 def issue_token(
     signer: Signer,
     *,
@@ -124,7 +156,8 @@ def issue_token(
         "policy_version": policy_version,
     }
     headers = {"kid": signer.kid, "typ": TOKEN_TYPE}
-    return jwt.encode(claims, signer.jose_key(), algorithm=_ALGORITHM, headers=headers)
+    payload = _claims_encoder.encode(claims).encode("utf-8")
+    return _signing_jws.encode(payload, signer, algorithm=_ALGORITHM, headers=headers)  # type: ignore[arg-type]
 
 
 def verify_token(

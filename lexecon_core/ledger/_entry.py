@@ -41,7 +41,7 @@ def signing_message(entry_hash_: bytes) -> bytes:
 
 def utc_timestamp() -> str:
     """RFC 3339 UTC with microseconds, e.g. ``2026-11-25T12:00:00.123456Z``."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def make_body(*, seq: int, entry_type: str, timestamp: str, node_id: str, data: Mapping[str, Any]) -> bytes:
