@@ -4,6 +4,7 @@ The public surface is re-exported here; submodules (``lexecon_core.policy``, ``.
 ``.keys``) hold the details.
 """
 
+from lexecon_core.capability import Capability, current_capability, use_capability
 from lexecon_core.config import Settings, load_settings
 from lexecon_core.decisions import Decision, DecisionRequest, Governor, LocalGovernor
 from lexecon_core.errors import (
@@ -36,6 +37,7 @@ from lexecon_core.tokens import CapabilityClaims, ReplayCache, issue_token, veri
 __version__ = "0.1.0"
 
 __all__ = [
+    "Capability",
     "CapabilityClaims",
     "ConfigError",
     "Decision",
@@ -69,10 +71,12 @@ __all__ = [
     "VerificationReport",
     "__version__",
     "assess",
+    "current_capability",
     "init_node",
     "issue_token",
     "load_policy",
     "load_settings",
     "open_node",
+    "use_capability",
     "verify_token",
 ]

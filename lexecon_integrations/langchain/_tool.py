@@ -1,0 +1,114 @@
+"""Wrap a LangChain tool so the Lexecon guard runs inside ``invoke``/``ainvoke``, right before the tool body."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+from langchain_core.runnables import RunnableConfig
+from langchain_core.tools import BaseTool, ToolException
+
+from lexecon_core import Governor
+from lexecon_core.capability import use_capability
+from lexecon_integrations._intercept import CallDescriber, ToolCallGuard, Verdict, guard_for
+
+OnDeny = Literal["message", "raise"]
+
+
+class GovernanceToolException(ToolException):
+    """Raised inside a governed tool when Lexecon refuses the call; LangChain turns it into an error ToolMessage."""
+
+    def __init__(self, verdict: Verdict) -> None:
+        super().__init__(verdict.message)
+        self.verdict = verdict
+
+
+def _call_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments the tool body receives, as the dict that is decided on and bound into the token."""
+    call = dict(kwargs)
+    if args:
+        call.update({"input": args[0]} if len(args) == 1 else {f"arg{i}": a for i, a in enumerate(args)})
+    return call
+
+
+def _forward(method: Any, kwargs: dict[str, Any], config: RunnableConfig, run_manager: Any) -> dict[str, Any]:
+    """Pass ``config``/``run_manager`` on only if the wrapped tool's own method takes them."""
+    params = inspect.signature(method).parameters
+    takes_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if "config" in params or takes_var_kw:
+        kwargs["config"] = config
+    if "run_manager" in params or takes_var_kw:
+        kwargs["run_manager"] = run_manager
+    return kwargs
+
+
+@functools.cache
+def _governed_class(base: type[BaseTool]) -> type[BaseTool]:
+    class Governed(base):  # type: ignore[valid-type,misc]
+        def _run(self, *args: Any, config: RunnableConfig, run_manager: Any = None, **kwargs: Any) -> Any:
+            verdict = self._lexecon_guard.check(self.name, _call_args(args, kwargs))
+            if verdict.capability is None:
+                raise self._lexecon_refusal(verdict)
+            with use_capability(verdict.capability):
+                return super()._run(*args, **_forward(super()._run, kwargs, config, run_manager))
+
+        async def _arun(self, *args: Any, config: RunnableConfig, run_manager: Any = None, **kwargs: Any) -> Any:
+            verdict = await self._lexecon_guard.acheck(self.name, _call_args(args, kwargs))
+            if verdict.capability is None:
+                raise self._lexecon_refusal(verdict)
+            with use_capability(verdict.capability):
+                return await super()._arun(*args, **_forward(super()._arun, kwargs, config, run_manager))
+
+        def _lexecon_refusal(self, verdict: Verdict) -> Exception:
+            if self._lexecon_on_deny == "raise":
+                return verdict.exception()
+            return GovernanceToolException(verdict)
+
+    Governed.__name__ = Governed.__qualname__ = f"Governed{base.__name__}"
+    return Governed
+
+
+def govern_tool(
+    tool: BaseTool,
+    governor: Governor | ToolCallGuard,
+    *,
+    actor: str | None = None,
+    context: Mapping[str, Any] | None = None,
+    describe: CallDescriber | None = None,
+    on_deny: OnDeny = "message",
+) -> BaseTool:
+    """A copy of ``tool`` whose every call is decided by Lexecon first; the original is left untouched.
+
+    ``on_deny="message"`` (default): a refused call raises a :class:`GovernanceToolException` that LangChain turns
+    into an error ``ToolMessage`` for the model (the copy has ``handle_tool_error`` switched on if it was off).
+    ``on_deny="raise"``: a refused call raises :class:`lexecon_core.GovernanceDenied` (or the governor's error) to
+    the caller.
+    """
+    if on_deny not in ("message", "raise"):
+        raise ValueError("on_deny must be 'message' or 'raise'")
+    guard = guard_for(governor, actor, context, describe)
+    cls = _governed_class(type(tool))
+    fields = {name: getattr(tool, name) for name in type(tool).model_fields}
+    if on_deny == "message" and not fields.get("handle_tool_error"):
+        fields["handle_tool_error"] = True
+    governed = cls.model_construct(_fields_set=set(tool.model_fields_set), **fields)
+    object.__setattr__(governed, "__pydantic_private__", dict(tool.__pydantic_private__ or {}))
+    object.__setattr__(governed, "_lexecon_guard", guard)
+    object.__setattr__(governed, "_lexecon_on_deny", on_deny)
+    return governed
+
+
+def govern_tools(
+    tools: Iterable[BaseTool],
+    governor: Governor | ToolCallGuard,
+    *,
+    actor: str | None = None,
+    context: Mapping[str, Any] | None = None,
+    describe: CallDescriber | None = None,
+    on_deny: OnDeny = "message",
+) -> list[BaseTool]:
+    """:func:`govern_tool` for every tool of a list, sharing one guard."""
+    guard = guard_for(governor, actor, context, describe)
+    return [govern_tool(t, guard, on_deny=on_deny) for t in tools]
