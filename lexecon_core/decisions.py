@@ -183,7 +183,7 @@ class LocalGovernor:
         }
         try:
             entry = self._node.ledger.append("decision", record)
-        except (LedgerError, InvalidRequest) as exc:
+        except LedgerError as exc:
             raise GovernanceError(
                 f"decision for tool {req.tool!r} could not be recorded, so it is refused: {exc}"
             ) from None

@@ -15,7 +15,7 @@ from typing import Any
 from lexecon_core.config import NodeHome, Settings, load_settings
 from lexecon_core.errors import ConfigError
 from lexecon_core.keys import KeyRing, PublicKey, b64url
-from lexecon_core.ledger import Ledger, LedgerEntry
+from lexecon_core.ledger import Ledger, LedgerEntry, sqlite_url
 from lexecon_core.policy import PolicyEngine, load_policy
 
 __all__ = ["Node", "init_node", "open_node"]
@@ -113,6 +113,10 @@ def init_node(
         raise ConfigError(
             f"{paths.root} holds the ledger of node {previous!r}; a ledger cannot change node, move it away first"
         )
+    if paths.ledger.exists():  # refuse another node's ledger before creating anything
+        with Ledger(sqlite_url(paths.ledger), readonly=True) as existing_ledger:
+            if existing_ledger.node_id != node_id:
+                raise ConfigError(f"{paths.ledger} is the ledger of node {existing_ledger.node_id!r}, not {node_id!r}")
     paths.root.mkdir(parents=True, exist_ok=True)
     os.chmod(paths.root, 0o700)
     key_master = settings.master_key_value()

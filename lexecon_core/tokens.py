@@ -56,8 +56,8 @@ class CapabilityClaims:
 class ReplayCache:
     """Remembers the ``jti`` of every token used until it expires, so each token authorises one call.
 
-    In-process and thread-safe. Processes that share tokens need a shared store (the hosted server uses Redis or the
-    database); this class is the single-process default.
+    In-process and thread-safe: it protects one process. Processes that accept each other's tokens need a shared
+    store; this class is the single-process default.
     """
 
     def __init__(self) -> None:

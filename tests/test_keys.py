@@ -609,3 +609,16 @@ def test_empty_node_is_strict_deny_all(root: Path, monkeypatch: pytest.MonkeyPat
     with LocalGovernor(root) as gov:
         assert gov.policy.mode is PolicyMode.STRICT
         assert not gov.decide({"actor": "ai_agent:a", "tool": "search", "tool_args": {}}).approved
+
+
+def test_refused_init_creates_no_key(tmp_path: Path) -> None:
+    """A home holding only another node's ledger: init is refused before any key is made."""
+    other = tmp_path / "other"
+    init_node(other, node_id="node-1").close()
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "ledger.db").write_bytes((other / "ledger.db").read_bytes())
+    with pytest.raises(ConfigError, match="node-1"):
+        init_node(fresh, node_id="node-2")
+    assert not (fresh / "keys").exists()
+    assert not (fresh / "config.json").exists()

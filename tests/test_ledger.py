@@ -984,6 +984,10 @@ def test_emptied_ledger_is_invalid(decided: list[Any], governor: LocalGovernor, 
     assert report.valid is False
     assert report.first_bad_seq == 1
     assert "empty" in (report.reason or "")
+    # reopening does not "heal" it with a fresh genesis entry: only a new ledger gets one
+    with LocalGovernor(home) as reopened:
+        assert reopened.node.ledger.count() == 0
+        assert reopened.verify_ledger().valid is False
 
 
 def test_first_entry_must_be_genesis(decided: list[Any], governor: LocalGovernor, home: Path) -> None:

@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> None:
             ctx = getattr(exc, "ctx", None)
             hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
             sys.exit(_fail(message + hint))
-        if os.environ.get("LEXECON_DEBUG"):
+        debug = bool(os.environ.get("LEXECON_DEBUG"))
+        if debug:
             traceback.print_exc()
-        code = _fail(f"unexpected {type(exc).__name__}: {exc} (set LEXECON_DEBUG=1 for a traceback)")
+        hint = "" if debug else " (set LEXECON_DEBUG=1 for a traceback)"
+        code = _fail(f"unexpected {type(exc).__name__}: {exc}{hint}")
     sys.exit(code)

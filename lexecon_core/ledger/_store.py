@@ -115,35 +115,37 @@ class Ledger:
             if list(compiled.positiontup or ()) != list(_COLUMN_NAMES):
                 raise LedgerError("unexpected parameter order in the compiled ledger insert")
             self._insert_sql = str(compiled)
-            self.node_id = self._bind_node(node_id)
+            self.node_id, created = self._bind_node(node_id)
         except SQLAlchemyError as exc:
             raise LedgerError(f"cannot open ledger: {_short(exc)}") from None
-        if signer is not None and not readonly:
-            self._ensure_genesis(signer)
+        if created and signer is not None:
+            self._write_genesis(signer)
 
-    def _ensure_genesis(self, signer: Signer) -> None:
-        """A new ledger starts with an entry naming its node and first key, so an emptied ledger cannot pass."""
+    def _write_genesis(self, signer: Signer) -> None:
+        """A new ledger starts with an entry naming its node and first key. Only a ledger this handle created gets
+        one: an existing ledger that was emptied stays empty, and verification reports it."""
         if self.head()[0] == 0:
             self.publish_key(signer.public)
             genesis = {"node_id": self.node_id, "kid": signer.kid, "public_key": b64url(signer.public.raw)}
             self._append(GENESIS_TYPE, genesis, signer, only_if_empty=True)
 
-    def _bind_node(self, node_id: str | None) -> str:
-        """The node id recorded in the ledger; a new ledger records ``node_id``. A mismatch is an error."""
+    def _bind_node(self, node_id: str | None) -> tuple[str, bool]:
+        """The node id recorded in the ledger, and whether this call created the ledger (recorded ``node_id``)."""
         query = select(_schema.meta.c.value).where(_schema.meta.c.key == "node_id")
         with self._reader.begin() as conn:
             stored = conn.execute(query).scalar()
+        created = False
         if stored is None and node_id is not None:
             with self._writer.begin() as conn:  # BEGIN IMMEDIATE: re-read under the write lock
                 stored = conn.execute(query).scalar()
                 if stored is None:
                     conn.execute(insert(_schema.meta).values(key="node_id", value=node_id))
-                    stored = node_id
+                    stored, created = node_id, True
         if stored is None:
             raise LedgerError("this ledger has no node id; it was never initialised")
         if node_id is not None and stored != node_id:
             raise LedgerError(f"ledger belongs to node {stored!r}, not {node_id!r}")
-        return str(stored)
+        return str(stored), created
 
     def _append_dbapi(self) -> Any:
         # The append path is the hot path (one per decision): it keeps one pooled connection and drives the driver

@@ -5,10 +5,10 @@ For each entry, in sequence order, starting from the genesis hash of the node:
 1. its sequence number is the next one (1, 2, 3, ... with no gap or repeat);
 2. its ``prev_hash`` is the hash of the entry before it;
 3. its ``entry_hash`` is SHA-256 over the tag, the previous hash and the stored body bytes;
-4. the body is a JSON object whose ``seq``, ``type``, ``node`` and ``ts`` are the row's; entry 1 is the
+4. the body is a JSON object whose ``seq``, ``type`` and ``node`` are the row's; entry 1 is the
    ``ledger_genesis`` entry (so an emptied or re-based ledger does not pass);
-5. it is signed by a trusted key: the ``kid`` is known and the signature verifies over the entry hash;
-6. the copied columns (created_at, decision id, actor, tool, outcome) agree with the signed body.
+5. the copied columns (created_at = body ``ts``, decision id, actor, tool, outcome) agree with the signed body;
+6. it is signed by a trusted key: the ``kid`` is known and the signature verifies over the entry hash.
 
 Then each anchor (a ``(seq, entry_hash)`` pair the verifier learnt elsewhere, e.g. from a capability token or a
 receipt) must be matched by the entry at that position: a ledger shorter than an anchor was truncated; one that
@@ -88,7 +88,7 @@ class _Failure:
 
 
 def _check_chain(row: StoredRow, expected_seq: int, prev: bytes, node_id: str) -> _Failure | None:
-    """Checks 1-4 and 6: everything but the signature. Cheap, and inherently sequential."""
+    """Checks 1-5: everything but the signature. Cheap, and inherently sequential."""
     seq = row.seq
     if seq != expected_seq:
         kind = "gap" if seq > expected_seq else "repeat or reorder"
@@ -125,7 +125,7 @@ _Pending = list[tuple[int, PublicKey, bytes, bytes]]  # (seq, key, signature, en
 
 
 def _check_signatures(batch: _Pending) -> _Failure | None:
-    """Check 5 for a batch. libsodium releases the GIL, so batches verify in parallel on threads."""
+    """Check 6 for a batch. libsodium releases the GIL, so batches verify in parallel on threads."""
     for seq, key, signature, digest in batch:
         if not key.verify(signature, signing_message(digest)):
             return _Failure(seq, f"signature does not verify with key {key.kid!r}", SIGNATURE)
