@@ -9,8 +9,10 @@ down, server unreachable, bad token) is a denial: the call does not run, and the
 
 from __future__ import annotations
 
+import hmac
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +27,9 @@ from lexecon_core import (
     Outcome,
     TokenError,
 )
+from lexecon_core._canonical import args_digest
 
-__all__ = ["CallDescriber", "ToolCallGuard", "Verdict", "normalise_args"]
+__all__ = ["CallDescriber", "ToolCallGuard", "Verdict", "capability_mismatch", "guard_for", "normalise_args"]
 
 logger = logging.getLogger("lexecon.integrations")
 
@@ -143,6 +146,28 @@ class ToolCallGuard:
         return Verdict(tool, False, message, decision, error=error)
 
 
+def capability_mismatch(capability: Capability | None, tool: str, args: Mapping[str, Any]) -> str | None:
+    """Why ``capability`` does not cover calling ``tool`` with ``args`` now, or None if it does.
+
+    For adapters whose decision happens a step before the tool body (a guardrail, then the body): the claims were
+    verified when the decision came back; this binds them to the exact call that is about to run.
+    """
+    if capability is None:
+        return "no capability was granted for this call"
+    claims = capability.claims
+    if claims.tool != tool:
+        return f"the capability is for tool {claims.tool!r}"
+    try:
+        digest = args_digest(dict(args))
+    except LexeconError as exc:
+        return str(exc)
+    if not hmac.compare_digest(digest, claims.args_sha256):
+        return "the capability was issued for different arguments"
+    if claims.exp <= time.time():
+        return "the capability has expired"
+    return None
+
+
 def guard_for(
     governor: Governor | ToolCallGuard,
     actor: str | None,
@@ -155,7 +180,3 @@ def guard_for(
     if actor is None:
         raise ValueError("actor is required, e.g. actor='ai_agent:support_bot'")
     return ToolCallGuard(governor, actor=actor, context=context, describe=describe)
-
-
-def names(tools: Sequence[Any]) -> list[str]:
-    return [getattr(t, "name", repr(t)) for t in tools]

@@ -1,0 +1,14 @@
+"""Lexecon for LlamaIndex: governed tools for ``FunctionAgent``, ``ReActAgent`` and direct calls.
+
+Needs ``pip install 'lexecon[llama-index]'``. ``govern_tools(tools, governor, actor=...)`` returns tools to hand to
+the agent; a refused call comes back as an error ``ToolOutput`` carrying the reason, which the agent shows the model.
+"""
+
+try:
+    import llama_index.core  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("lexecon_integrations.llama_index needs LlamaIndex: pip install 'lexecon[llama-index]'") from exc
+
+from lexecon_integrations.llama_index._tool import GovernedTool, govern_tools
+
+__all__ = ["GovernedTool", "govern_tools"]

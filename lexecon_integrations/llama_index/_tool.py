@@ -1,0 +1,85 @@
+"""``GovernedTool``: an ``AsyncBaseTool`` that asks Lexecon before delegating to the wrapped tool."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from llama_index.core.tools import BaseTool, ToolMetadata, ToolOutput, adapt_to_async_tool
+from llama_index.core.tools.types import AsyncBaseTool
+
+from lexecon_core import Governor
+from lexecon_core.capability import use_capability
+from lexecon_integrations._intercept import CallDescriber, ToolCallGuard, Verdict, guard_for
+
+
+def _call_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Agents call ``acall(**tool_kwargs)``; a lone positional input is decided as ``{"input": value}``."""
+    call = dict(kwargs)
+    if args:
+        call.update({"input": args[0]} if len(args) == 1 else {f"arg{i}": a for i, a in enumerate(args)})
+    return call
+
+
+class GovernedTool(AsyncBaseTool):
+    """Wraps any LlamaIndex tool. Subclasses ``AsyncBaseTool`` so agents call ``acall(**kwargs)`` on it directly
+    (a plain ``BaseTool`` would be wrapped in an adapter that takes one positional input)."""
+
+    def __init__(
+        self,
+        tool: BaseTool,
+        governor: Governor | ToolCallGuard,
+        *,
+        actor: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        describe: CallDescriber | None = None,
+    ) -> None:
+        self.tool = adapt_to_async_tool(tool)
+        self.guard = guard_for(governor, actor, context, describe)
+
+    @property
+    def metadata(self) -> ToolMetadata:
+        return self.tool.metadata
+
+    @property
+    def name(self) -> str:
+        return self.metadata.get_name()
+
+    def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
+        call = _call_args(args, kwargs)
+        verdict = self.guard.check(self.name, call)
+        if verdict.capability is None:
+            return self._refusal(verdict, args, kwargs)
+        with use_capability(verdict.capability):
+            return self.tool.call(*args, **kwargs)
+
+    async def acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
+        call = _call_args(args, kwargs)
+        verdict = await self.guard.acheck(self.name, call)
+        if verdict.capability is None:
+            return self._refusal(verdict, args, kwargs)
+        with use_capability(verdict.capability):
+            return await self.tool.acall(*args, **kwargs)
+
+    def _refusal(self, verdict: Verdict, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> ToolOutput:
+        return ToolOutput(
+            content=verdict.message,
+            tool_name=self.name,
+            raw_input={"args": args, "kwargs": dict(kwargs)},
+            raw_output=None,
+            is_error=True,
+            exception=verdict.exception(),
+        )
+
+
+def govern_tools(
+    tools: Iterable[BaseTool],
+    governor: Governor | ToolCallGuard,
+    *,
+    actor: str | None = None,
+    context: Mapping[str, Any] | None = None,
+    describe: CallDescriber | None = None,
+) -> list[GovernedTool]:
+    """Wrap every tool of a list (one shared guard). Pass the result to ``FunctionAgent(tools=...)``."""
+    guard = guard_for(governor, actor, context, describe)
+    return [t if isinstance(t, GovernedTool) else GovernedTool(t, guard) for t in tools]
