@@ -165,11 +165,23 @@ def test_invalid_setting_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 2 and "LEXECON_TOKEN_TTL_SECONDS" in err and err.count("\n") == 1
 
 
-def test_demo_runs_and_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_runs_the_governed_langchain_agent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("langchain")
     code, out, _ = run(capsys, "demo", "--home", str(tmp_path / "demo"))
     assert code == 0
     assert "ledger valid: 8 entries" in out
-    assert out.count("approved") == 3 and out.count("denied") == 2 and out.count("escalated") == 1
+    assert "tools that actually ran: search_kb, get_customer, issue_refund" in out
+    assert "Lexecon denied tool 'delete_customer'" in out
+    assert "Lexecon denied tool 'send_email': conflict" in out
+    assert "awaits human approval (escalation esc_" in out
+    outcomes = [e["body"]["data"]["outcome"] for e in _ledger_json(capsys, tmp_path / "demo")]
+    assert sorted(outcomes) == ["approved", "approved", "approved", "denied", "denied", "escalated"]
+
+
+def _ledger_json(capsys: pytest.CaptureFixture[str], home: Path) -> list[dict]:
+    code, out, _ = run(capsys, "ledger", "list", "--home", str(home), "--type", "decision", "--json")
+    assert code == 0
+    return json.loads(out)
 
 
 def test_console_script_entry_point(tmp_path: Path) -> None:
