@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import (
@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     node_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
     policy_mode: PolicyMode | None = None
     database_url: str | None = None
+    ledger_durability: Literal["fsync", "process"] = "fsync"
     policy_file: Path | None = None
     risk_rules_file: Path | None = None
     token_ttl_seconds: int = Field(default=60, ge=1, le=3600)

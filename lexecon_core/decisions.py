@@ -25,7 +25,16 @@ from lexecon_core.ledger import VerificationReport
 from lexecon_core.node import Node, open_node
 from lexecon_core.policy import Outcome, PolicyEngine, PolicyMode
 from lexecon_core.risk import RiskLevel, RiskRules, assess, load_risk_rules
-from lexecon_core.tokens import DEFAULT_REPLAY_CACHE, CapabilityClaims, ReplayCache, issue_token, verify_token
+from lexecon_core.tokens import (
+    DEFAULT_REPLAY_CACHE,
+    CapabilityClaims,
+    IssuedTokens,
+    ReplayCache,
+    capability_claims,
+    check_claims,
+    sign_claims,
+    verify_signature,
+)
 
 __all__ = ["Decision", "DecisionRequest", "Governor", "LocalGovernor"]
 
@@ -127,6 +136,7 @@ class LocalGovernor:
         self.policy = policy if policy is not None else self._node.current_policy()
         self.risk_rules = risk_rules or load_risk_rules(self.settings.risk_rules_file)
         self.replay_cache = replay_cache or DEFAULT_REPLAY_CACHE
+        self._issued = IssuedTokens()
         self._rotate_lock = threading.Lock()
 
     # -- the Governor interface -----------------------------------------------------------------------------------
@@ -192,8 +202,8 @@ class LocalGovernor:
         if approved and jti is not None:
             ttl = self.settings.token_ttl_seconds
             issued = int(time.time())
-            token = issue_token(
-                self._node.keys.signer,
+            signer = self._node.keys.signer
+            claims = capability_claims(
                 issuer=self._node.node_id,
                 subject=req.actor,
                 tool=req.tool,
@@ -207,6 +217,8 @@ class LocalGovernor:
                 jti=jti,
                 now=issued,
             )
+            token = sign_claims(signer, claims)
+            self._issued.remember(token, claims, signer.kid)
             expires = issued + ttl
         # Every field below was produced or validated above; skip re-validation on the hot path.
         return Decision.model_construct(
@@ -236,11 +248,20 @@ class LocalGovernor:
         return await asyncio.to_thread(self.decide, request)
 
     def verify_token(self, token: str, *, tool: str, args: Mapping[str, Any]) -> CapabilityClaims:
-        """Verify (and consume) a capability token from this node for a call of ``tool`` with ``args``."""
-        ttl_and_leeway = self.settings.token_ttl_seconds + self.settings.token_leeway_seconds
-        return verify_token(
-            token,
-            keys=self._node.keys.token_keys(ttl_and_leeway),
+        """Verify (and consume) a capability token from this node for a call of ``tool`` with ``args``.
+
+        A token this governor issued is recognised byte for byte, so its signature - valid by construction - is not
+        checked again; every claim still is. Any other token is verified in full against the node's token keys.
+        """
+        recalled = self._issued.recall(token)
+        if recalled is not None and recalled[1] == self._node.keys.active_kid:
+            claims, kid = recalled
+        else:  # not ours, or signed by a key since retired: the full check, against the keys that may sign now
+            grace = self.settings.token_ttl_seconds + self.settings.token_leeway_seconds
+            claims, kid = verify_signature(token, self._node.keys.token_keys(grace))
+        return check_claims(
+            claims,
+            kid,
             tool=tool,
             args=args,
             audience=self.settings.token_audience,

@@ -125,7 +125,8 @@ def init_node(
         if (paths.keys / "active").exists()
         else KeyRing.create(paths.keys, key_master)
     )
-    ledger = Ledger(settings.ledger_url, node_id=node_id, signer=keys.signer)  # refuses another node's ledger
+    # refuses another node's ledger
+    ledger = Ledger(settings.ledger_url, node_id=node_id, signer=keys.signer, durability=settings.ledger_durability)
     for key in keys.public_keys.values():
         ledger.publish_key(key)
     config = {**existing, "node_id": node_id}
@@ -145,5 +146,10 @@ def open_node(home: str | Path | None = None, *, settings: Settings | None = Non
     if not settings.node_id:
         raise ConfigError(f"{settings.paths.config} does not name a node_id")
     keys = KeyRing.load(settings.paths.keys, settings.master_key_value(), need_signer=signer)
-    ledger = Ledger(settings.ledger_url, node_id=settings.node_id, signer=keys.signer if signer else None)
+    ledger = Ledger(
+        settings.ledger_url,
+        node_id=settings.node_id,
+        signer=keys.signer if signer else None,
+        durability=settings.ledger_durability,
+    )
     return Node(settings, keys, ledger)

@@ -18,14 +18,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from jwt.algorithms import Algorithm
 
 from lexecon_core._canonical import args_digest
 from lexecon_core.errors import TokenError
 from lexecon_core.keys import PublicKey, Signer, jwks_to_keys
 
-__all__ = ["TOKEN_TYPE", "CapabilityClaims", "ReplayCache", "issue_token", "verify_token"]
+__all__ = [
+    "TOKEN_TYPE",
+    "CapabilityClaims",
+    "IssuedTokens",
+    "ReplayCache",
+    "capability_claims",
+    "check_claims",
+    "issue_token",
+    "sign_claims",
+    "verify_signature",
+    "verify_token",
+]
 
 TOKEN_TYPE = "lexecon-cap+jwt"  # noqa: S105 - a JOSE "typ" value, not a secret
 _ALGORITHM = "EdDSA"
@@ -82,31 +92,48 @@ class ReplayCache:
 
 DEFAULT_REPLAY_CACHE = ReplayCache()
 
-_crypto_keys: dict[bytes, Ed25519PublicKey] = {}
 
+class IssuedTokens:
+    """The tokens one issuer signed recently, with their claims, so the issuer can recognise its own tokens without
+    re-verifying a signature it just made. Entries leave at expiry; the size is bounded (oldest dropped first)."""
 
-def _jose_key(key: PublicKey) -> Ed25519PublicKey:
-    loaded = _crypto_keys.get(key.raw)
-    if loaded is None:
-        loaded = _crypto_keys[key.raw] = key.to_cryptography()
-    return loaded
+    def __init__(self, limit: int = 65_536) -> None:
+        self._entries: dict[str, tuple[dict[str, Any], str]] = {}
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def remember(self, token: str, claims: Mapping[str, Any], kid: str) -> None:
+        with self._lock:
+            if len(self._entries) >= self._limit:
+                now = time.time()
+                self._entries = {t: e for t, e in self._entries.items() if e[0]["exp"] >= now}
+                while len(self._entries) >= self._limit:
+                    del self._entries[next(iter(self._entries))]
+            self._entries[token] = (dict(claims), kid)
+
+    def recall(self, token: str) -> tuple[dict[str, Any], str] | None:
+        with self._lock:
+            return self._entries.get(token)
 
 
 class _SodiumEdDSA(Algorithm):
-    """EdDSA signing for our own JWS instance with libsodium (via :class:`Signer`), about twice as fast as the
-    OpenSSL path on the decision hot path. Only signing goes through here: verification uses PyJWT's stock EdDSA,
-    so every token is checked the way any third party checks it."""
+    """EdDSA for our own PyJWS instance, with libsodium doing the Ed25519 work (about twice as fast as the OpenSSL
+    path, and on every decision's hot path). PyJWT still parses, frames and pins the algorithm; the tests check that
+    stock PyJWT with the published JWKS verifies our tokens, as any third party would."""
 
-    def prepare_key(self, key: Any) -> Signer:
-        if not isinstance(key, Signer):
-            raise TypeError("expected a lexecon Signer")
+    def prepare_key(self, key: Any) -> Signer | PublicKey:
+        if not isinstance(key, Signer | PublicKey):
+            raise TypeError("expected a lexecon Signer or PublicKey")
         return key
 
-    def sign(self, msg: bytes, key: Signer) -> bytes:
+    def sign(self, msg: bytes, key: Signer | PublicKey) -> bytes:
+        if not isinstance(key, Signer):
+            raise TypeError("signing needs a Signer")
         return key.sign(msg)
 
-    def verify(self, msg: bytes, key: Any, sig: bytes) -> bool:  # never registered for decoding
-        raise TypeError("this algorithm object only signs")
+    def verify(self, msg: bytes, key: Signer | PublicKey, sig: bytes) -> bool:
+        public = key.public if isinstance(key, Signer) else key
+        return public.verify(sig, msg)
 
     @staticmethod
     def to_jwk(key_obj: Any, as_dict: bool = False) -> Any:
@@ -117,13 +144,12 @@ class _SodiumEdDSA(Algorithm):
         raise TypeError("load keys with keys.jwks_to_keys()")
 
 
-_signing_jws = jwt.PyJWS(algorithms=[])
-_signing_jws.register_algorithm(_ALGORITHM, _SodiumEdDSA())
+_jws = jwt.PyJWS(algorithms=[])
+_jws.register_algorithm(_ALGORITHM, _SodiumEdDSA())
 _claims_encoder = json.JSONEncoder(separators=(",", ":"))
 
 
-def issue_token(
-    signer: Signer,
+def capability_claims(
     *,
     issuer: str,
     subject: str,
@@ -137,10 +163,10 @@ def issue_token(
     audience: str | None = None,
     jti: str | None = None,
     now: int | None = None,
-) -> str:
-    """Sign a capability token. ``audience`` defaults to the tool name."""
+) -> dict[str, Any]:
+    """The claims of a capability token. ``audience`` defaults to the tool name."""
     issued = int(time.time()) if now is None else now
-    claims = {
+    return {
         "iss": issuer,
         "sub": subject,
         "aud": audience or tool,
@@ -155,9 +181,18 @@ def issue_token(
         "ledger_entry_hash": ledger_entry_hash,
         "policy_version": policy_version,
     }
+
+
+def sign_claims(signer: Signer, claims: Mapping[str, Any]) -> str:
+    """The compact JWS of ``claims``: header ``{"alg": "EdDSA", "typ": "lexecon-cap+jwt", "kid": ...}``."""
     headers = {"kid": signer.kid, "typ": TOKEN_TYPE}
-    payload = _claims_encoder.encode(claims).encode("utf-8")
-    return _signing_jws.encode(payload, signer, algorithm=_ALGORITHM, headers=headers)  # type: ignore[arg-type]
+    payload = _claims_encoder.encode(dict(claims)).encode("utf-8")
+    return _jws.encode(payload, signer, algorithm=_ALGORITHM, headers=headers)  # type: ignore[arg-type]
+
+
+def issue_token(signer: Signer, **claims: Any) -> str:
+    """Sign a capability token; the keyword arguments are those of :func:`capability_claims`."""
+    return sign_claims(signer, capability_claims(**claims))
 
 
 def verify_token(
@@ -179,6 +214,26 @@ def verify_token(
     ``args_sha256``. With a ``replay_cache`` (the process-wide one by default) the token is consumed: a second
     verification of the same token fails with ``replayed``. Pass ``replay_cache=None`` to check without consuming.
     """
+    claims, kid = verify_signature(token, keys)
+    return check_claims(
+        claims,
+        kid,
+        tool=tool,
+        args=args,
+        args_sha256=args_sha256,
+        audience=audience,
+        issuer=issuer,
+        leeway=leeway,
+        replay_cache=replay_cache,
+        now=now,
+    )
+
+
+def verify_signature(token: str, keys: Mapping[str, PublicKey] | Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """The first half of :func:`verify_token`: header (alg pinned, typ, kid), structure and signature.
+
+    Returns the *unchecked* claims and the kid; :func:`check_claims` must follow before anything relies on them.
+    """
     key_map = _key_map(keys)
     try:
         header = jwt.get_unverified_header(token)
@@ -193,23 +248,43 @@ def verify_token(
     if key is None or not isinstance(kid, str):
         raise TokenError("unknown_kid", f"capability token was signed by an unknown key {kid!r}")
     try:
-        claims = _decode(token, key, issuer, leeway, int(time.time()) if now is None else now)
-    except jwt.ExpiredSignatureError:
-        raise TokenError("expired", "capability token has expired") from None
-    except jwt.ImmatureSignatureError:
-        raise TokenError("not_yet_valid", "capability token is not valid yet") from None
-    except jwt.InvalidIssuerError:
-        raise TokenError("wrong_issuer", "capability token was issued by another node") from None
+        payload = _jws.decode_complete(token, key, algorithms=[_ALGORITHM])["payload"]  # type: ignore[arg-type]
+        claims = json.loads(payload)
     except jwt.InvalidSignatureError:
         raise TokenError("bad_signature", "capability token signature does not verify") from None
-    except jwt.MissingRequiredClaimError as exc:
-        raise TokenError("missing_claim", f"capability token lacks the {exc.claim!r} claim") from None
-    except jwt.PyJWTError as exc:
+    except (jwt.PyJWTError, ValueError) as exc:
         raise TokenError("malformed", f"capability token is invalid: {exc}") from None
+    if not isinstance(claims, dict):
+        raise TokenError("malformed", "capability token payload is not a JSON object")
+    return claims, kid
 
-    for name in _CUSTOM:
+
+def check_claims(
+    claims: Mapping[str, Any],
+    kid: str,
+    *,
+    tool: str,
+    args: Mapping[str, Any] | None = None,
+    args_sha256: str | None = None,
+    audience: str | None = None,
+    issuer: str | None = None,
+    leeway: int = 5,
+    replay_cache: ReplayCache | None = DEFAULT_REPLAY_CACHE,
+    now: int | None = None,
+) -> CapabilityClaims:
+    """The second half of :func:`verify_token`: everything that makes a signed token authorise *this* call."""
+    current = int(time.time()) if now is None else now
+    for name in (*_REQUIRED, *_CUSTOM):
         if name not in claims:
             raise TokenError("missing_claim", f"capability token lacks the {name!r} claim")
+    if not all(type(claims[name]) is int for name in ("iat", "nbf", "exp")):
+        raise TokenError("malformed", "capability token time claims must be integers")
+    if issuer is not None and claims["iss"] != issuer:
+        raise TokenError("wrong_issuer", "capability token was issued by another node")
+    if claims["exp"] + leeway <= current:
+        raise TokenError("expired", "capability token has expired")
+    if claims["nbf"] - leeway > current:
+        raise TokenError("not_yet_valid", "capability token is not valid yet")
     if claims["tool"] != tool:
         raise TokenError("wrong_tool", f"capability token is for tool {claims['tool']!r}, not {tool!r}")
     if claims["aud"] != (audience or tool):
@@ -220,33 +295,6 @@ def verify_token(
     if replay_cache is not None:
         replay_cache.use(claims["jti"], int(claims["exp"]) + leeway, now=now)
     return CapabilityClaims(**{k: claims[k] for k in (*_REQUIRED, *_CUSTOM)}, kid=kid)
-
-
-def _decode(token: str, key: PublicKey, issuer: str | None, leeway: int, now: int) -> dict[str, Any]:
-    """Signature, algorithm, issuer and required claims via PyJWT; time claims against our clock ``now``.
-
-    The audience is checked by the caller after the tool, so a token for another tool reports ``wrong_tool``.
-    """
-    claims: dict[str, Any] = jwt.decode(
-        token,
-        _jose_key(key),
-        algorithms=[_ALGORITHM],
-        issuer=issuer,
-        options={
-            "require": _REQUIRED,
-            "verify_aud": False,
-            "verify_exp": False,
-            "verify_nbf": False,
-            "verify_iat": False,
-        },
-    )
-    if not all(isinstance(claims[name], int) for name in ("iat", "nbf", "exp")):
-        raise jwt.InvalidTokenError("time claims must be integers")
-    if claims["exp"] + leeway <= now:
-        raise jwt.ExpiredSignatureError
-    if claims["nbf"] - leeway > now:
-        raise jwt.ImmatureSignatureError
-    return claims
 
 
 def _equal(a: Any, b: str) -> bool:

@@ -1043,3 +1043,24 @@ def test_two_ledger_handles_opening_a_new_file_write_one_genesis(tmp_path: Path)
         assert first.head()[0] == 1
         assert second.head()[0] == 1
         assert [e.entry_type for e in second.entries()] == ["ledger_genesis"]
+
+
+@pytest.mark.parametrize(("setting", "pragma"), [(None, 2), ("fsync", 2), ("process", 1)])
+def test_ledger_durability_setting(
+    home: Path, monkeypatch: pytest.MonkeyPatch, setting: str | None, pragma: int
+) -> None:
+    if setting is not None:
+        monkeypatch.setenv("LEXECON_LEDGER_DURABILITY", setting)
+    with LocalGovernor(home) as gov:
+        db = gov.node.ledger._append_dbapi()
+        assert db.execute("PRAGMA synchronous").fetchone()[0] == pragma  # 2 = FULL, 1 = NORMAL
+        assert gov.decide({"actor": "ai_agent:a", "tool": "search"}).approved
+        assert gov.verify_ledger().valid
+
+
+def test_unknown_durability_is_a_config_error(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lexecon_core import ConfigError
+
+    monkeypatch.setenv("LEXECON_LEDGER_DURABILITY", "yolo")
+    with pytest.raises(ConfigError, match="LEXECON_LEDGER_DURABILITY"):
+        LocalGovernor(home)

@@ -2,7 +2,10 @@
 
 One writer at a time per ledger: on SQLite every write transaction starts with ``BEGIN IMMEDIATE``, which takes the
 database's write lock before the head is read, so two processes appending at once queue rather than fork the chain.
-The journal is WAL with ``synchronous=FULL``: when :meth:`Ledger.append` returns, the entry is on disk.
+The journal is WAL. With ``durability="fsync"`` (the default, ``synchronous=FULL``) an entry is on disk when
+:meth:`Ledger.append` returns and survives power loss. ``durability="process"`` (``synchronous=NORMAL``) skips the
+per-commit fsync: a returned entry survives the process being killed (it is in the operating system's cache) but not
+the machine losing power before the next checkpoint. Both keep the chain consistent.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Engine, create_engine, event, func, insert, inspect, make_url, select
 from sqlalchemy.engine import Connection
@@ -57,7 +60,11 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-def _make_engine(url: str, *, immediate: bool, readonly: bool = False) -> Engine:
+Durability = Literal["fsync", "process"]
+_SYNCHRONOUS = {"fsync": "FULL", "process": "NORMAL"}
+
+
+def _make_engine(url: str, *, immediate: bool, readonly: bool = False, durability: Durability = "fsync") -> Engine:
     engine = create_engine(url, future=True)
     if engine.dialect.name == "sqlite":
 
@@ -70,7 +77,7 @@ def _make_engine(url: str, *, immediate: bool, readonly: bool = False) -> Engine
                 cursor.execute("PRAGMA query_only=ON")
             else:
                 cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute("PRAGMA synchronous=FULL")
+                cursor.execute(f"PRAGMA synchronous={_SYNCHRONOUS[durability]}")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
@@ -88,7 +95,13 @@ class Ledger:
     """
 
     def __init__(
-        self, url: str, *, node_id: str | None = None, signer: Signer | None = None, readonly: bool = False
+        self,
+        url: str,
+        *,
+        node_id: str | None = None,
+        signer: Signer | None = None,
+        readonly: bool = False,
+        durability: Durability = "fsync",
     ) -> None:
         self.url = url
         self._signer = signer
@@ -98,7 +111,9 @@ class Ledger:
             backend = make_url(url).get_backend_name()
             if backend != "sqlite":
                 raise LedgerError(f"{backend} ledgers are not supported yet; use SQLite")
-            self._writer = _make_engine(url, immediate=True, readonly=readonly)
+            if durability not in _SYNCHRONOUS:
+                raise LedgerError(f"unknown ledger durability {durability!r}; expected 'fsync' or 'process'")
+            self._writer = _make_engine(url, immediate=True, readonly=readonly, durability=durability)
             self._reader = _make_engine(url, immediate=False, readonly=readonly)
             if readonly:
                 missing = {t.name for t in _schema.metadata.sorted_tables} - set(
@@ -229,7 +244,7 @@ class Ledger:
                         data.get("outcome"),
                     ),
                 )
-                db.commit()  # synchronous=FULL: durable when this returns
+                db.commit()  # durable (to the chosen level) when this returns
             except BaseException as exc:
                 self._abort_append()
                 if isinstance(exc, sqlite3.Error):

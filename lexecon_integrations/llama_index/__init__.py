@@ -9,6 +9,6 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("lexecon_integrations.llama_index needs LlamaIndex: pip install 'lexecon[llama-index]'") from exc
 
-from lexecon_integrations.llama_index._tool import GovernedTool, govern_tools
+from lexecon_integrations.llama_index._tool import GovernedFunctionTool, GovernedTool, govern_tools
 
-__all__ = ["GovernedTool", "govern_tools"]
+__all__ = ["GovernedFunctionTool", "GovernedTool", "govern_tools"]

@@ -1,0 +1,289 @@
+"""Adapter figures: per tool-call overhead of each adapter (local mode, durable ledger write included) against the
+bare tool call, and whole scripted agent runs governed vs ungoverned - each pair measured in the same run.
+
+    python benchmarks/bench_integrations.py            # ~1-2 minutes
+    python benchmarks/bench_integrations.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lexecon_core import LocalGovernor, init_node, load_settings
+
+POLICY = """
+mode: strict
+terms:
+  - {term_id: agents, term_type: actor, value: "ai_agent:*"}
+  - {term_id: lookup, term_type: tool, value: lookup}
+relations:
+  - {relation_type: permits, source_term_id: agents, target_term_id: lookup}
+"""
+ACTOR = "ai_agent:bench"
+
+
+def p50_us(fn: Callable[[], Any], n: int) -> float:
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter_ns()
+        fn()
+        samples.append((time.perf_counter_ns() - start) / 1000)
+    return statistics.median(samples)
+
+
+def p50_us_async(fn: Callable[[], Any], n: int) -> float:
+    async def run() -> float:
+        samples = []
+        for _ in range(n):
+            start = time.perf_counter_ns()
+            await fn()
+            samples.append((time.perf_counter_ns() - start) / 1000)
+        return statistics.median(samples)
+
+    return asyncio.run(run())
+
+
+def make_governor(workdir: Path, name: str, durability: str = "fsync") -> LocalGovernor:
+    home = workdir / name
+    node = init_node(home, node_id=name)
+    (workdir / "policy.yaml").write_text(POLICY)
+    node.load_policy_file(workdir / "policy.yaml")
+    node.close()
+    return LocalGovernor(home, settings=load_settings(home, ledger_durability=durability))
+
+
+def lookup_impl(key: int) -> str:
+    return f"value-{key}"
+
+
+# -- per-call overhead ------------------------------------------------------------------------------------------
+
+
+def bench_langchain_calls(governor: LocalGovernor, n: int) -> list[tuple[str, float, float]]:
+    from langchain_core.tools import tool
+
+    from lexecon_integrations.langchain import LexeconCallbackHandler, govern_tool
+
+    @tool
+    def lookup(key: int) -> str:
+        """Look a key up."""
+        return lookup_impl(key)
+
+    governed = govern_tool(lookup, governor, actor=ACTOR)
+    handler_config = {"callbacks": [LexeconCallbackHandler(governor, actor=ACTOR)]}
+    counter = itertools.count()
+    bare = p50_us(lambda: lookup.invoke({"key": next(counter)}), n)
+    bare_async = p50_us_async(lambda: lookup.ainvoke({"key": next(counter)}), n)
+    return [
+        ("LangChain govern_tool, invoke", bare, p50_us(lambda: governed.invoke({"key": next(counter)}), n)),
+        (
+            "LangChain govern_tool, ainvoke",
+            bare_async,
+            p50_us_async(lambda: governed.ainvoke({"key": next(counter)}), n),
+        ),
+        (
+            "LangChain callback handler, invoke",
+            bare,
+            p50_us(lambda: lookup.invoke({"key": next(counter)}, config=handler_config), n),
+        ),
+    ]
+
+
+def bench_llama_index_calls(governor: LocalGovernor, n: int) -> list[tuple[str, float, float]]:
+    from llama_index.core.tools import FunctionTool
+
+    from lexecon_integrations.llama_index import GovernedTool
+
+    def lookup(key: int) -> str:
+        """Look a key up."""
+        return lookup_impl(key)
+
+    bare_tool = FunctionTool.from_defaults(fn=lookup)
+    governed = GovernedTool(bare_tool, governor, actor=ACTOR)
+    counter = itertools.count()
+    return [
+        (
+            "LlamaIndex GovernedTool, call",
+            p50_us(lambda: bare_tool.call(key=next(counter)), n),
+            p50_us(lambda: governed.call(key=next(counter)), n),
+        ),
+        (
+            "LlamaIndex GovernedTool, acall",
+            p50_us_async(lambda: bare_tool.acall(key=next(counter)), n),
+            p50_us_async(lambda: governed.acall(key=next(counter)), n),
+        ),
+    ]
+
+
+def bench_openai_calls(governor: LocalGovernor, n: int) -> list[tuple[str, float, float]]:
+    from agents import Agent, function_tool
+    from agents.tool_context import ToolContext
+    from agents.tool_guardrails import ToolInputGuardrailData
+
+    from lexecon_integrations.openai_agents import govern_tools
+
+    @function_tool
+    def lookup(key: int) -> str:
+        """Look a key up."""
+        return lookup_impl(key)
+
+    (governed,) = govern_tools([lookup], governor, actor=ACTOR)
+    guardrail = governed.tool_input_guardrails[-1]
+    agent = Agent(name="bench")
+    counter = itertools.count()
+
+    def context() -> tuple[ToolContext[Any], str]:
+        arguments = json.dumps({"key": next(counter)})
+        return ToolContext(context=None, tool_name="lookup", tool_call_id="c", tool_arguments=arguments), arguments
+
+    async def bare() -> None:
+        ctx, arguments = context()
+        await lookup.on_invoke_tool(ctx, arguments)
+
+    async def guarded() -> None:
+        ctx, arguments = context()
+        output = await guardrail.run(ToolInputGuardrailData(context=ctx, agent=agent))
+        assert output.behavior["type"] == "allow"
+        await governed.on_invoke_tool(ctx, arguments)
+
+    return [("OpenAI Agents guardrail + bound tool", p50_us_async(bare, n), p50_us_async(guarded, n))]
+
+
+# -- whole agent runs -------------------------------------------------------------------------------------------
+
+
+def bench_langchain_agent(governor: LocalGovernor, runs: int) -> tuple[float, float]:
+    from langchain.agents import create_agent
+    from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessage
+    from langchain_core.tools import tool
+
+    from lexecon_integrations.langchain import LexeconMiddleware
+
+    class Scripted(GenericFakeChatModel):
+        def bind_tools(self, tools: Any, **kwargs: Any) -> Scripted:
+            return self
+
+    @tool
+    def lookup(key: int) -> str:
+        """Look a key up."""
+        return lookup_impl(key)
+
+    def model() -> Scripted:
+        turn = [
+            AIMessage(content="", tool_calls=[{"name": "lookup", "args": {"key": 1}, "id": "c1"}]),
+            AIMessage(content="done"),
+        ]
+        return Scripted(messages=itertools.cycle(turn))
+
+    plain = create_agent(model(), tools=[lookup])
+    governed = create_agent(model(), tools=[lookup], middleware=[LexeconMiddleware(governor, actor=ACTOR)])
+    question = {"messages": [{"role": "user", "content": "look up 1"}]}
+    for agent in (plain, governed):
+        agent.invoke(question)  # warm-up
+    return (
+        p50_us(lambda: plain.invoke(question), runs),
+        p50_us(lambda: governed.invoke(question), runs),
+    )
+
+
+def bench_openai_agent(governor: LocalGovernor, runs: int) -> tuple[float, float]:
+    from agents import Agent, Runner, function_tool, set_tracing_disabled
+    from agents.items import ModelResponse
+    from agents.models.interface import Model
+    from agents.usage import Usage
+    from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseOutputText
+
+    from lexecon_integrations.openai_agents import govern_agent
+
+    set_tracing_disabled(True)
+
+    @function_tool
+    def lookup(key: int) -> str:
+        """Look a key up."""
+        return lookup_impl(key)
+
+    class Scripted(Model):
+        async def get_response(self, system_instructions: Any, input: Any, *args: Any, **kwargs: Any) -> ModelResponse:
+            answered = isinstance(input, list) and any(
+                (item.get("type") if isinstance(item, dict) else getattr(item, "type", None)) == "function_call_output"
+                for item in input
+            )
+            if answered:
+                output: list[Any] = [
+                    ResponseOutputMessage(
+                        id="m", type="message", role="assistant", status="completed",
+                        content=[ResponseOutputText(type="output_text", text="done", annotations=[])],
+                    )
+                ]  # fmt: skip
+            else:
+                output = [
+                    ResponseFunctionToolCall(
+                        type="function_call", call_id="c1", name="lookup", arguments='{"key": 1}', id="f1"
+                    )
+                ]
+            return ModelResponse(output=output, usage=Usage(), response_id=None)
+
+        def stream_response(self, *args: Any, **kwargs: Any) -> Any:
+            raise NotImplementedError
+
+    plain = Agent(name="bench", model=Scripted(), tools=[lookup])
+    governed = govern_agent(plain, governor, actor=ACTOR)
+
+    async def run(agent: Agent[Any]) -> None:
+        result = await Runner.run(agent, "look up 1")
+        assert result.final_output == "done"
+
+    asyncio.run(run(plain))
+    asyncio.run(run(governed))
+    return p50_us_async(lambda: run(plain), runs), p50_us_async(lambda: run(governed), runs)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    quick = parser.parse_args().quick
+    calls, runs = (200, 40) if quick else (2_000, 300)
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores; {calls} calls / {runs} agent runs per figure")
+    with tempfile.TemporaryDirectory(prefix="lexecon-bench-") as tmp:
+        workdir = Path(tmp)
+        for durability in ("fsync", "process"):
+            label = {"fsync": "fsync per decision (default)", "process": "LEXECON_LEDGER_DURABILITY=process"}
+            print(f"\n=== ledger durability: {label[durability]}")
+            with make_governor(workdir, f"adapters-{durability}", durability) as governor:
+                rows = [
+                    *bench_langchain_calls(governor, calls),
+                    *bench_llama_index_calls(governor, calls),
+                    *bench_openai_calls(governor, calls),
+                ]
+                print("per tool call, local mode (decide + ledger append + token issue & verify)")
+                print(f"{'adapter':<40} {'bare p50':>10} {'governed p50':>13} {'overhead':>10}")
+                for name, bare, governed in rows:
+                    print(f"{name:<40} {bare:>8.0f}us {governed:>11.0f}us {governed - bare:>8.0f}us")
+                lc_plain, lc_governed = bench_langchain_agent(governor, runs)
+                oa_plain, oa_governed = bench_openai_agent(governor, runs)
+            print("whole scripted agent run (one tool call + final answer), p50")
+            for name, plain, governed in (
+                ("LangChain create_agent", lc_plain, lc_governed),
+                ("OpenAI Agents Runner", oa_plain, oa_governed),
+            ):
+                print(
+                    f"  {name:<23} ungoverned {plain / 1000:.2f} ms, governed {governed / 1000:.2f} ms"
+                    f" -> {governed / plain:.2f}x"
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
