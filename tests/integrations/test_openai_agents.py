@@ -1,0 +1,424 @@
+"""OpenAI Agents SDK adapter: tool input guardrail, govern_tools/govern_agent, body binding - against a real ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("agents")
+
+import agents
+from agents import Agent, FunctionTool, RunResult, Runner, WebSearchTool, function_tool
+from agents.exceptions import ToolInputGuardrailTripwireTriggered
+from agents.items import ModelResponse
+from agents.models.interface import Model
+from agents.tool_context import ToolContext
+from agents.usage import Usage
+from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseOutputText
+
+from lexecon_core import LedgerError, LocalGovernor, TokenError, current_capability, verify_token
+from lexecon_integrations.openai_agents import govern_agent, govern_tools, lexecon_tool_guardrail
+
+ACTOR = "ai_agent:test_bot"
+FORBIDS = "forbids:agents->deletes"
+
+
+@pytest.fixture(autouse=True)
+def _no_tracing() -> None:
+    agents.set_tracing_disabled(True)
+
+
+# -- tools that record every real execution -----------------------------------------------------------------------
+
+
+class Recorder:
+    """Function tools (sync and async bodies) that record each execution and the capability current inside it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any], Any]] = []
+        self.lock = threading.Lock()
+        recorder = self
+
+        @function_tool
+        def search(q: str) -> str:
+            """Search the knowledge base."""
+            recorder._record("search", {"q": q})
+            return f"results for {q}"
+
+        @function_tool
+        async def refund(order_id: int, amount_cents: int) -> str:
+            """Refund an order."""
+            await asyncio.sleep(0)  # let parallel calls interleave
+            recorder._record("refund", {"order_id": order_id, "amount_cents": amount_cents})
+            await asyncio.sleep(0)
+            return f"refunded {amount_cents}"
+
+        @function_tool
+        def delete_user(user_id: int) -> str:
+            """Delete a user."""
+            recorder._record("delete_user", {"user_id": user_id})
+            return "deleted"
+
+        @function_tool
+        async def delete_account(account_id: int) -> str:
+            """Delete an account."""
+            recorder._record("delete_account", {"account_id": account_id})
+            return "deleted"
+
+        self.search, self.refund, self.delete_user, self.delete_account = search, refund, delete_user, delete_account
+
+    def _record(self, name: str, args: dict[str, Any]) -> None:
+        with self.lock:
+            self.calls.append((name, args, current_capability()))
+
+    @property
+    def tools(self) -> list[FunctionTool]:
+        return [self.search, self.refund, self.delete_user, self.delete_account]
+
+    def ran(self, name: str) -> int:
+        return sum(1 for n, _, _ in self.calls if n == name)
+
+
+@pytest.fixture
+def rec() -> Recorder:
+    return Recorder()
+
+
+def decisions(governor: LocalGovernor) -> list[dict[str, Any]]:
+    return [e.data for e in governor.node.ledger.entries(entry_type="decision")]
+
+
+# -- an offline scripted model ------------------------------------------------------------------------------------
+
+Call = tuple[str, str, str]  # (tool name, raw JSON arguments, call id)
+
+
+def call(name: str, args: dict[str, Any] | str, call_id: str) -> Call:
+    return (name, args if isinstance(args, str) else json.dumps(args), call_id)
+
+
+class ScriptedModel(Model):
+    """Plays back turns: a list of tool calls (made in parallel in one response) or a final text message.
+
+    Records the input of every request, so a test can read exactly what the model was shown as tool output.
+    """
+
+    def __init__(self, *turns: list[Call] | str) -> None:
+        self.turns = list(turns)
+        self.inputs: list[Any] = []
+
+    async def get_response(self, system_instructions: Any, input: Any, *args: Any, **kwargs: Any) -> ModelResponse:
+        self.inputs.append(input)
+        turn = self.turns.pop(0)
+        output: list[Any]
+        if isinstance(turn, str):
+            output = [
+                ResponseOutputMessage(
+                    id="msg_final",
+                    type="message",
+                    role="assistant",
+                    status="completed",
+                    content=[ResponseOutputText(type="output_text", text=turn, annotations=[])],
+                )
+            ]
+        else:
+            output = [
+                ResponseFunctionToolCall(type="function_call", call_id=cid, name=name, arguments=raw, id=f"fc_{cid}")
+                for name, raw, cid in turn
+            ]
+        return ModelResponse(output=output, usage=Usage(), response_id=None)
+
+    def stream_response(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        raise NotImplementedError("this scripted model does not stream")
+
+    def tool_outputs_seen(self) -> dict[str, str]:
+        """call_id -> tool output, as sent to the model in the last request."""
+        assert self.inputs, "the model was never called"
+        last = self.inputs[-1]
+        return {
+            item["call_id"]: item["output"]
+            for item in (last if isinstance(last, list) else [])
+            if isinstance(item, dict) and item.get("type") == "function_call_output"
+        }
+
+
+def run(agent: Agent[Any], mode: str, prompt: str = "go") -> RunResult:
+    if mode == "sync":
+        return Runner.run_sync(agent, prompt)
+    return asyncio.run(Runner.run(agent, prompt))
+
+
+def output_infos(result: RunResult) -> list[dict[str, Any]]:
+    return [r.output.output_info for r in result.tool_input_guardrail_results]
+
+
+PARALLEL_TURN = [
+    call("search", {"q": "refund policy"}, "c1"),
+    call("refund", {"order_id": 5, "amount_cents": 250}, "c2"),
+    call("delete_user", {"user_id": 9}, "c3"),
+]
+
+
+# -- the guarded run ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_parallel_calls_each_decided_and_the_run_continues(governor: LocalGovernor, rec: Recorder, mode: str) -> None:
+    model = ScriptedModel(PARALLEL_TURN, "done")
+    agent = govern_agent(Agent(name="bot", model=model, tools=rec.tools), governor, actor=ACTOR)
+    result = run(agent, mode)
+
+    assert result.final_output == "done"  # the run went on to the scripted answer
+    assert rec.ran("search") == 1 and rec.ran("refund") == 1
+    assert rec.ran("delete_user") == 0  # the forbidden body never ran
+
+    seen = model.tool_outputs_seen()
+    assert set(seen) == {"c1", "c2", "c3"}
+    assert seen["c1"] == "results for refund policy"
+    assert seen["c2"] == "refunded 250"
+    assert "Lexecon denied tool 'delete_user'" in seen["c3"]
+    assert FORBIDS in seen["c3"]
+    assert "Traceback" not in seen["c3"]
+    items = {i.raw_item["call_id"]: i.output for i in result.new_items if i.type == "tool_call_output_item"}
+    assert "Lexecon denied tool 'delete_user'" in items["c3"]
+
+    recorded = sorted((d["request"]["tool"], d["outcome"]) for d in decisions(governor))
+    assert recorded == [("delete_user", "denied"), ("refund", "approved"), ("search", "approved")]
+    report = governor.verify_ledger()
+    assert report.valid and report.entries_verified >= 3
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_output_info_carries_the_decision(governor: LocalGovernor, rec: Recorder, mode: str) -> None:
+    agent = govern_agent(Agent(name="bot", model=ScriptedModel(PARALLEL_TURN, "done"), tools=rec.tools), governor,
+                         actor=ACTOR)  # fmt: skip
+    result = run(agent, mode)
+    infos = {info["tool"]: info for info in output_infos(result)}
+    assert set(infos) == {"search", "refund", "delete_user"}
+    by_id = {d["decision_id"]: d for d in decisions(governor)}
+    seqs = {e.data["decision_id"]: e.seq for e in governor.node.ledger.entries(entry_type="decision")}
+    for tool in ("search", "refund"):
+        info = infos[tool]
+        assert info["allowed"] is True and info["outcome"] == "approved"
+        assert info["decision_id"] in by_id and by_id[info["decision_id"]]["request"]["tool"] == tool
+        assert info["ledger_entry_id"] == seqs[info["decision_id"]]
+    denied = infos["delete_user"]
+    assert denied["allowed"] is False and denied["outcome"] == "denied"
+    assert by_id[denied["decision_id"]]["outcome"] == "denied"
+    assert FORBIDS in denied["reason"]
+    # the recorded capability is the one the guardrail reported
+    assert {c.decision_id for _, _, c in rec.calls} == {infos["search"]["decision_id"], infos["refund"]["decision_id"]}
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_raise_mode_stops_the_run(governor: LocalGovernor, rec: Recorder, mode: str) -> None:
+    model = ScriptedModel([call("delete_user", {"user_id": 9}, "c1")], "never reached")
+    agent = govern_agent(Agent(name="bot", model=model, tools=rec.tools), governor, actor=ACTOR, on_deny="raise")
+    with pytest.raises(ToolInputGuardrailTripwireTriggered) as tripped:
+        run(agent, mode)
+    assert rec.ran("delete_user") == 0
+    info = tripped.value.output.output_info
+    assert info["outcome"] == "denied" and info["allowed"] is False
+    assert info["decision_id"] == decisions(governor)[0]["decision_id"]
+    assert "Lexecon denied tool 'delete_user'" in info["reason"]
+    assert len(model.inputs) == 1  # the model was not asked again
+
+
+def test_raise_mode_still_runs_allowed_calls(governor: LocalGovernor, rec: Recorder) -> None:
+    model = ScriptedModel([call("search", {"q": "x"}, "c1")], "ok")
+    agent = govern_agent(Agent(name="bot", model=model, tools=rec.tools), governor, actor=ACTOR, on_deny="raise")
+    assert Runner.run_sync(agent, "go").final_output == "ok"
+    assert rec.ran("search") == 1
+
+
+# -- the capability inside the tool body --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_each_parallel_call_sees_its_own_capability(governor: LocalGovernor, rec: Recorder, mode: str) -> None:
+    turn = [
+        call("search", {"q": "alpha"}, "c1"),
+        call("search", {"q": "beta"}, "c2"),
+        call("refund", {"order_id": 1, "amount_cents": 10}, "c3"),
+        call("refund", {"order_id": 2, "amount_cents": 20}, "c4"),
+    ]
+    agent = govern_agent(Agent(name="bot", model=ScriptedModel(turn, "done"), tools=rec.tools), governor, actor=ACTOR)
+    result = run(agent, mode)
+    assert result.final_output == "done"
+    assert len(rec.calls) == 4
+    ledger = {d["decision_id"]: d for d in decisions(governor)}
+    for name, args, capability in rec.calls:
+        assert capability is not None, f"{name} ran without a current capability"
+        assert capability.tool == name
+        claims = verify_token(capability.token, keys=governor.public_keys, tool=name, args=args, replay_cache=None)
+        assert claims.decision_id == capability.decision_id
+        assert ledger[capability.decision_id]["request"]["args_sha256"] == claims.args_sha256
+    assert len({c.decision_id for _, _, c in rec.calls}) == 4  # four calls, four distinct capabilities
+    name, args, capability = next(c for c in rec.calls if c[0] == "search" and c[1] == {"q": "alpha"})
+    with pytest.raises(TokenError) as wrong:
+        verify_token(capability.token, keys=governor.public_keys, tool="search", args={"q": "beta"}, replay_cache=None)
+    assert wrong.value.reason == "args_mismatch"
+    assert current_capability() is None  # nothing leaked to the caller
+
+
+# -- escalation and failure ---------------------------------------------------------------------------------------
+
+
+def test_escalation_is_reported_to_the_model(governor: LocalGovernor, rec: Recorder) -> None:
+    model = ScriptedModel([call("refund", {"order_id": 1, "amount_cents": 1}, "c1")], "ok")
+    agent = govern_agent(Agent(name="bot", model=model, tools=rec.tools), governor, actor=ACTOR,
+                         describe=lambda name, args: {"risk_level": "critical"})  # fmt: skip
+    result = Runner.run_sync(agent, "refund")
+    assert result.final_output == "ok"
+    message = model.tool_outputs_seen()["c1"]
+    assert "Lexecon: tool 'refund' awaits human approval (escalation esc_" in message
+    assert rec.ran("refund") == 0
+    assert [d["outcome"] for d in decisions(governor)] == ["escalated"]
+    assert output_infos(result)[0]["outcome"] == "escalated"
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_fails_closed_when_the_ledger_is_down(
+    governor: LocalGovernor, rec: Recorder, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise LedgerError("ledger write failed: database is locked")
+
+    monkeypatch.setattr(governor.node.ledger, "append", down)
+    model = ScriptedModel([call("search", {"q": "x"}, "c1")], "ok")
+    agent = govern_agent(Agent(name="bot", model=model, tools=rec.tools), governor, actor=ACTOR)
+    result = run(agent, mode)
+    message = model.tool_outputs_seen()["c1"]
+    assert "Lexecon could not decide on tool 'search', so it was not run" in message
+    assert "database is locked" in message
+    assert rec.ran("search") == 0
+    assert output_infos(result)[0]["outcome"] == "error"
+    assert output_infos(result)[0]["decision_id"] is None
+
+
+def test_malformed_arguments_are_refused(governor: LocalGovernor, rec: Recorder) -> None:
+    model = ScriptedModel([call("search", "not json", "c1"), call("refund", "[1, 2]", "c2")], "ok")
+    agent = govern_agent(Agent(name="bot", model=model, tools=rec.tools), governor, actor=ACTOR)
+    result = Runner.run_sync(agent, "go")
+    assert rec.calls == []
+    seen = model.tool_outputs_seen()
+    assert "Lexecon refused tool 'search': unreadable arguments" in seen["c1"]
+    assert "Lexecon refused tool 'refund': unreadable arguments" in seen["c2"]
+    assert decisions(governor) == []  # nothing to decide on
+    assert {info["outcome"] for info in output_infos(result)} == {"error"}
+    assert result.final_output == "ok"
+
+
+# -- the body-binding wrapper -------------------------------------------------------------------------------------
+
+
+def tool_context(name: str, raw_arguments: str, call_id: str = "direct_1") -> ToolContext[Any]:
+    return ToolContext(context=None, tool_name=name, tool_call_id=call_id, tool_arguments=raw_arguments)
+
+
+def test_body_refuses_without_a_capability(governor: LocalGovernor, rec: Recorder) -> None:
+    (search,) = govern_tools([rec.search], governor, actor=ACTOR)
+    raw = json.dumps({"q": "x"})
+    output = asyncio.run(search.on_invoke_tool(tool_context("search", raw), raw))
+    assert "Lexecon refused tool 'search'" in output
+    assert "no capability was granted" in output
+    assert rec.calls == []
+
+
+def test_body_refuses_a_capability_for_other_arguments(governor: LocalGovernor, rec: Recorder) -> None:
+    """A guardrail approves one call; the body is then invoked with other arguments (or another tool)."""
+    search, refund = govern_tools([rec.search, rec.refund], governor, actor=ACTOR)
+    guardrail = search.tool_input_guardrails[-1]
+    approved = json.dumps({"q": "harmless"})
+    smuggled = json.dumps({"q": "everything"})
+
+    async def scenario() -> list[Any]:
+        data = agents.ToolInputGuardrailData(context=tool_context("search", approved), agent=Agent(name="bot"))
+        verdict = await guardrail.run(data)
+        assert verdict.behavior["type"] == "allow"
+        # the guardrail made the capability current in this task: the body runs only for the approved call
+        other_args = await search.on_invoke_tool(tool_context("search", smuggled), smuggled)
+        other_tool = await refund.on_invoke_tool(
+            tool_context("refund", '{"order_id": 1, "amount_cents": 1}'), '{"order_id": 1, "amount_cents": 1}'
+        )
+        bad_json = await search.on_invoke_tool(tool_context("search", "not json"), "not json")
+        exact = await search.on_invoke_tool(tool_context("search", approved), approved)
+        return [other_args, other_tool, bad_json, exact]
+
+    other_args, other_tool, bad_json, exact = asyncio.run(scenario())
+    assert "Lexecon refused tool 'search'" in other_args and "different arguments" in other_args
+    assert "Lexecon refused tool 'refund'" in other_tool and "'search'" in other_tool
+    assert "Lexecon refused tool 'search'" in bad_json and "unreadable arguments" in bad_json
+    assert exact == "results for harmless"
+    assert [(n, a) for n, a, _ in rec.calls] == [("search", {"q": "harmless"})]
+
+
+# -- govern_tools / govern_agent ----------------------------------------------------------------------------------
+
+
+def test_govern_tools_refuses_hosted_tools(governor: LocalGovernor, rec: Recorder) -> None:
+    with pytest.raises(TypeError, match="not a function tool"):
+        govern_tools([rec.search, WebSearchTool()], governor, actor=ACTOR)
+    with pytest.raises(TypeError, match="not a function tool"):
+        govern_agent(Agent(name="bot", tools=[WebSearchTool()]), governor, actor=ACTOR)
+
+
+def test_govern_tools_leaves_the_originals_alone(governor: LocalGovernor, rec: Recorder) -> None:
+    own = agents.tool_input_guardrail(lambda data: agents.ToolGuardrailFunctionOutput.allow())
+    tagged = dataclasses.replace(rec.search, tool_input_guardrails=[own])
+    originals = [tagged, rec.refund]
+    before = [(t.tool_input_guardrails, t.on_invoke_tool) for t in originals]
+    governed = govern_tools(originals, governor, actor=ACTOR)
+    assert [(t.tool_input_guardrails, t.on_invoke_tool) for t in originals] == before
+    assert tagged.tool_input_guardrails == [own] and not rec.refund.tool_input_guardrails
+    assert [t.name for t in governed] == ["search", "refund"]
+    assert governed[0].tool_input_guardrails[0] is own  # existing guardrails are kept, ours appended
+    assert [g.get_name() for g in governed[0].tool_input_guardrails] == [own.get_name(), "lexecon"]
+    # the original still runs ungoverned, straight to its body
+    raw = json.dumps({"q": "plain"})
+    assert asyncio.run(rec.search.on_invoke_tool(tool_context("search", raw), raw)) == "results for plain"
+    assert decisions(governor) == []
+
+
+def test_regoverning_does_not_attach_twice(governor: LocalGovernor, rec: Recorder) -> None:
+    once = govern_tools([rec.search], governor, actor=ACTOR)
+    twice = govern_tools(once, governor, actor=ACTOR)
+    assert [g.get_name() for g in twice[0].tool_input_guardrails] == ["lexecon"]
+    model = ScriptedModel([call("search", {"q": "x"}, "c1")], "ok")
+    result = Runner.run_sync(Agent(name="bot", model=model, tools=twice), "go")
+    assert result.final_output == "ok"
+    assert rec.ran("search") == 1
+    assert len(decisions(governor)) == 1  # decided once, not twice
+
+
+def test_govern_agent_returns_a_governed_clone(governor: LocalGovernor, rec: Recorder) -> None:
+    original = Agent(name="bot", instructions="be careful", model=ScriptedModel(PARALLEL_TURN, "done"), tools=rec.tools)
+    governed = govern_agent(original, governor, actor=ACTOR)
+    assert governed is not original
+    assert governed.name == "bot" and governed.instructions == "be careful" and governed.model is original.model
+    assert original.tools == rec.tools
+    assert all(not t.tool_input_guardrails for t in original.tools)
+    assert [t.name for t in governed.tools] == [t.name for t in rec.tools]
+    assert all([g.get_name() for g in t.tool_input_guardrails] == ["lexecon"] for t in governed.tools)
+
+
+def test_ungoverned_agent_runs_everything(governor: LocalGovernor, rec: Recorder) -> None:
+    """Control: the same script without Lexecon runs the forbidden tool - so the tests above are meaningful."""
+    Runner.run_sync(Agent(name="bot", model=ScriptedModel(PARALLEL_TURN, "done"), tools=rec.tools), "go")
+    assert rec.ran("delete_user") == 1
+    assert all(c is None for _, _, c in rec.calls)
+
+
+def test_guardrail_options_are_checked(governor: LocalGovernor) -> None:
+    with pytest.raises(ValueError, match="on_deny"):
+        lexecon_tool_guardrail(governor, actor=ACTOR, on_deny="ignore")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="actor"):
+        lexecon_tool_guardrail(governor)
+    with pytest.raises(TypeError, match="Governor"):
+        govern_tools([], object(), actor=ACTOR)  # type: ignore[arg-type]
