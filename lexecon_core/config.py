@@ -105,17 +105,24 @@ def _home_from_env(home: str | Path | None) -> Path:
     return Path(home if home is not None else os.environ.get("LEXECON_HOME") or DEFAULT_HOME)
 
 
+def read_config(path: Path) -> dict[str, Any]:
+    """The JSON object in a node's ``config.json`` (empty when there is none); anything else is a ConfigError."""
+    if not path.is_file():
+        return {}
+    try:
+        parsed = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"{path} must hold a JSON object")
+    return parsed
+
+
 def load_settings(home: str | Path | None = None, **overrides: Any) -> Settings:
     """Read settings for the node at ``home`` (or ``$LEXECON_HOME``), including its ``config.json``."""
     root = _home_from_env(home)
     config_path = root / "config.json"
-    if config_path.is_file():
-        try:
-            parsed = json.loads(config_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read {config_path}: {exc}") from None
-        if not isinstance(parsed, dict):
-            raise ConfigError(f"{config_path} must hold a JSON object")
+    read_config(config_path)  # fail with one clear line before pydantic-settings reads it
     token = _config_file.set(config_path)
     try:
         return Settings(home=root, **{k: v for k, v in overrides.items() if v is not None})

@@ -10,9 +10,8 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from lexecon_core.config import NodeHome, Settings, load_settings
+from lexecon_core.config import NodeHome, Settings, load_settings, read_config
 from lexecon_core.errors import ConfigError
 from lexecon_core.keys import KeyRing, PublicKey, b64url
 from lexecon_core.ledger import Ledger, LedgerEntry, sqlite_url
@@ -78,18 +77,6 @@ class Node:
         return dict(self.keys.public_keys)
 
 
-def _read_config(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a JSON object")
-    return data
-
-
 def init_node(
     home: str | Path | None = None,
     *,
@@ -105,7 +92,7 @@ def init_node(
     """
     settings = load_settings(home, node_id=node_id, master_key=master_key, database_url=database_url)
     paths = settings.paths
-    existing = _read_config(paths.config)
+    existing = read_config(paths.config)
     if paths.exists() and not force:
         raise ConfigError(f"{paths.root} is already a Lexecon home; use --force to rewrite its config (keys are kept)")
     previous = existing.get("node_id")

@@ -87,7 +87,7 @@ class _Rule(BaseModel):
         return value
 
 
-class ToolRule(_Rule):
+class _ScoredRule(_Rule):
     pattern: str = Field(min_length=1)
     scores: dict[str, int]
 
@@ -97,14 +97,12 @@ class ToolRule(_Rule):
         return _bounded_scores(value)
 
 
-class DataClassRule(_Rule):
-    pattern: str = Field(min_length=1)
-    scores: dict[str, int]
+class ToolRule(_ScoredRule):
+    """Scores for tools whose name matches ``pattern``."""
 
-    @field_validator("scores")
-    @classmethod
-    def _bounded(cls, value: dict[str, int]) -> dict[str, int]:
-        return _bounded_scores(value)
+
+class DataClassRule(_ScoredRule):
+    """Scores for requests touching a data class that matches ``pattern``."""
 
 
 class ContextRule(_Rule):
