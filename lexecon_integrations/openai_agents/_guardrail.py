@@ -130,5 +130,32 @@ def govern_tools(
 
 
 def govern_agent(agent: Agent[Any], governor: Governor | ToolCallGuard, **options: Any) -> Agent[Any]:
-    """A clone of ``agent`` whose tools are all governed (see :func:`govern_tools`)."""
-    return agent.clone(tools=govern_tools(agent.tools, governor, **options))
+    """A clone of ``agent`` whose tools are all governed (see :func:`govern_tools`), and so are the tools of every
+    agent it can hand off to (handoff cycles included). Raises ``TypeError`` where a tool would escape governance:
+    an agent with MCP servers (their tools appear only at run time) or a custom ``Handoff`` object."""
+    guard = guard_for(governor, options.pop("actor", None), options.pop("context", None), options.pop("describe", None))
+    return _govern_agent(agent, guard, options, {})
+
+
+def _govern_agent(
+    agent: Agent[Any], guard: ToolCallGuard, options: dict[str, Any], done: dict[int, Agent[Any]]
+) -> Agent[Any]:
+    if id(agent) in done:
+        return done[id(agent)]
+    if agent.mcp_servers:
+        raise TypeError(
+            f"agent {agent.name!r} uses MCP servers, whose tools Lexecon cannot govern through function-tool "
+            "guardrails; expose them as function tools"
+        )
+    governed = agent.clone(tools=govern_tools(agent.tools, guard, **options), handoffs=[])
+    done[id(agent)] = governed  # before recursing, so a handoff cycle ends here
+    handoffs: list[Any] = []
+    for target in agent.handoffs:
+        if not isinstance(target, Agent):
+            raise TypeError(
+                f"agent {agent.name!r} has a custom handoff {getattr(target, 'tool_name', target)!r} whose agent "
+                "Lexecon cannot govern in advance; hand off to Agent objects"
+            )
+        handoffs.append(_govern_agent(target, guard, options, done))
+    governed.handoffs = handoffs
+    return governed

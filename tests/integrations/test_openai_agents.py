@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("agents")
 
 import agents
-from agents import Agent, FunctionTool, RunResult, Runner, WebSearchTool, function_tool
+from agents import Agent, FunctionTool, Runner, RunResult, WebSearchTool, function_tool
 from agents.exceptions import ToolInputGuardrailTripwireTriggered
 from agents.items import ModelResponse
 from agents.models.interface import Model
@@ -23,6 +23,7 @@ from agents.usage import Usage
 from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage, ResponseOutputText
 
 from lexecon_core import LedgerError, LocalGovernor, TokenError, current_capability, verify_token
+from lexecon_integrations._intercept import ToolCallGuard
 from lexecon_integrations.openai_agents import govern_agent, govern_tools, lexecon_tool_guardrail
 
 ACTOR = "ai_agent:test_bot"
@@ -302,6 +303,20 @@ def test_fails_closed_when_the_ledger_is_down(
     assert output_infos(result)[0]["decision_id"] is None
 
 
+def test_a_failing_describe_fails_closed(governor: LocalGovernor, rec: Recorder) -> None:
+    def describe(name: str, args: Any) -> dict[str, Any]:
+        raise RuntimeError("classifier offline")
+
+    model = ScriptedModel([call("search", {"q": "x"}, "c1")], "ok")
+    agent = govern_agent(Agent(name="bot", model=model, tools=rec.tools), governor, actor=ACTOR, describe=describe)
+    assert Runner.run_sync(agent, "go").final_output == "ok"
+    message = model.tool_outputs_seen()["c1"]
+    assert "Lexecon could not decide on tool 'search', so it was not run" in message
+    assert "internal error (RuntimeError)" in message
+    assert "classifier offline" not in message and "Traceback" not in message  # no internals for the model
+    assert rec.calls == [] and decisions(governor) == []
+
+
 def test_malformed_arguments_are_refused(governor: LocalGovernor, rec: Recorder) -> None:
     model = ScriptedModel([call("search", "not json", "c1"), call("refund", "[1, 2]", "c2")], "ok")
     agent = govern_agent(Agent(name="bot", model=model, tools=rec.tools), governor, actor=ACTOR)
@@ -313,6 +328,34 @@ def test_malformed_arguments_are_refused(governor: LocalGovernor, rec: Recorder)
     assert decisions(governor) == []  # nothing to decide on
     assert {info["outcome"] for info in output_infos(result)} == {"error"}
     assert result.final_output == "ok"
+
+
+def test_plain_guardrail_on_a_function_tool(governor: LocalGovernor) -> None:
+    """lexecon_tool_guardrail attached by hand (no govern_tools), from a ready ToolCallGuard."""
+    seen: list[Any] = []
+    guard = ToolCallGuard(governor, actor=ACTOR)
+    guardrail = lexecon_tool_guardrail(guard)
+
+    @function_tool(tool_input_guardrails=[guardrail])
+    async def refund(order_id: int, amount_cents: int) -> str:
+        """Refund an order."""
+        seen.append(current_capability())
+        return "refunded"
+
+    @function_tool(tool_input_guardrails=[guardrail])
+    def delete_user(user_id: int) -> str:
+        """Delete a user."""
+        seen.append("delete_user ran")
+        return "deleted"
+
+    turn = [call("refund", {"order_id": 3, "amount_cents": 30}, "c1"), call("delete_user", {"user_id": 1}, "c2")]
+    model = ScriptedModel(turn, "ok")
+    result = Runner.run_sync(Agent(name="bot", model=model, tools=[refund, delete_user]), "go")
+    assert result.final_output == "ok"
+    assert len(seen) == 1 and seen[0] is not None and seen[0].tool == "refund"
+    verify_token(seen[0].token, keys=governor.public_keys, tool="refund", args={"order_id": 3, "amount_cents": 30},
+                 replay_cache=None)  # fmt: skip
+    assert "Lexecon denied tool 'delete_user'" in model.tool_outputs_seen()["c2"]
 
 
 # -- the body-binding wrapper -------------------------------------------------------------------------------------
@@ -422,3 +465,74 @@ def test_guardrail_options_are_checked(governor: LocalGovernor) -> None:
         lexecon_tool_guardrail(governor)
     with pytest.raises(TypeError, match="Governor"):
         govern_tools([], object(), actor=ACTOR)  # type: ignore[arg-type]
+
+
+# -- known gaps: tools that run in a governed agent's run without a decision ----------------------------------------
+
+
+def test_govern_agent_does_not_leave_mcp_tools_ungoverned(governor: LocalGovernor, rec: Recorder) -> None:
+    pytest.importorskip("mcp")
+    from agents.mcp import MCPServer
+    from mcp.types import CallToolResult, TextContent
+    from mcp.types import Tool as MCPTool
+
+    called: list[Any] = []
+
+    class FakeServer(MCPServer):
+        @property
+        def name(self) -> str:
+            return "fake"
+
+        async def connect(self) -> None: ...
+
+        async def cleanup(self) -> None: ...
+
+        async def list_tools(self, run_context: Any = None, agent: Any = None) -> list[MCPTool]:
+            schema = {"type": "object", "properties": {"user_id": {"type": "integer"}}}
+            return [MCPTool(name="delete_user", description="Delete a user.", inputSchema=schema)]
+
+        async def call_tool(self, tool_name: str, arguments: Any, meta: Any = None) -> CallToolResult:
+            called.append((tool_name, arguments))
+            return CallToolResult(content=[TextContent(type="text", text="deleted")])
+
+        async def list_prompts(self) -> Any:
+            raise NotImplementedError
+
+        async def get_prompt(self, name: str, arguments: Any = None) -> Any:
+            raise NotImplementedError
+
+    model = ScriptedModel([call("delete_user", {"user_id": 1}, "c1")], "ok")
+    original = Agent(name="bot", model=model, tools=[rec.search], mcp_servers=[FakeServer()])
+    try:
+        agent = govern_agent(original, governor, actor=ACTOR)
+    except (TypeError, ValueError):
+        return  # refusing an agent whose MCP tools it cannot bind is correct too
+    Runner.run_sync(agent, "go")
+    assert called == []  # a forbidden MCP tool must not run
+    assert [d["outcome"] for d in decisions(governor)] == ["denied"]
+
+
+def test_govern_agent_does_not_leave_handoff_tools_ungoverned(governor: LocalGovernor, rec: Recorder) -> None:
+    specialist = Agent(name="specialist", model=ScriptedModel([call("delete_user", {"user_id": 2}, "c2")], "done"),
+                       tools=[rec.delete_user])  # fmt: skip
+    original = Agent(name="bot", model=ScriptedModel([call("transfer_to_specialist", {}, "h1")], "never"),
+                     tools=[rec.search], handoffs=[specialist])  # fmt: skip
+    try:
+        agent = govern_agent(original, governor, actor=ACTOR)
+    except (TypeError, ValueError):
+        return  # refusing an agent with ungoverned handoffs is correct too
+    Runner.run_sync(agent, "go")
+    assert rec.ran("delete_user") == 0  # the forbidden tool must not run after the handoff
+
+
+def test_govern_agent_follows_handoff_cycles_and_leaves_originals(governor: LocalGovernor, rec: Recorder) -> None:
+    first = Agent(name="first", tools=[rec.search])
+    second = Agent(name="second", tools=[rec.delete_user], handoffs=[first])
+    first.handoffs = [second]
+    governed = govern_agent(first, governor, actor=ACTOR)
+    (governed_second,) = governed.handoffs
+    assert governed_second.name == "second" and governed_second is not second
+    assert governed_second.handoffs == [governed]  # the cycle closes on the governed clone
+    assert all(t.tool_input_guardrails for t in governed.tools + governed_second.tools)
+    assert not rec.delete_user.tool_input_guardrails  # originals untouched
+    assert first.handoffs == [second] and second.handoffs == [first]
