@@ -1027,11 +1027,13 @@ def test_non_object_body_is_reported_not_crashed(decided: list[Any], governor: L
     assert report.first_bad_seq == 3
 
 
-def test_non_sqlite_url_is_a_clear_ledger_error() -> None:
+def test_unsupported_database_url_is_a_clear_ledger_error() -> None:
     from lexecon_core import LedgerError
 
-    with pytest.raises(LedgerError, match="not supported yet"):
-        Ledger("postgresql+psycopg://postgres@127.0.0.1:5432/test", node_id="n")
+    with pytest.raises(LedgerError, match="mysql ledgers are not supported; use SQLite or PostgreSQL"):
+        Ledger("mysql://root@127.0.0.1:3306/test", node_id="n")
+    with pytest.raises(LedgerError, match="psycopg driver"):
+        Ledger("postgresql+pg8000://postgres@127.0.0.1:5432/test", node_id="n")
     with pytest.raises(LedgerError, match="cannot open ledger"):
         Ledger("::not a url::", node_id="n")
 

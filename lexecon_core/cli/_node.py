@@ -113,6 +113,10 @@ def verify_ledger(
     ledger_file: Annotated[
         Path | None, typer.Option("--ledger-file", help="Verify this SQLite ledger file instead of the node's.")
     ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option("--database-url", help="Verify the ledger in this live database (e.g. postgresql+psycopg://...)."),
+    ] = None,
     jwks: Annotated[Path | None, typer.Option("--jwks", help="Trust only the keys in this JWKS file.")] = None,
     anchor: Annotated[
         list[str] | None, typer.Option("--anchor", help="Known entry SEQ:HASH (from a token or receipt); repeatable.")
@@ -122,7 +126,11 @@ def verify_ledger(
 ) -> None:
     """Verify the ledger: hash chain, every signature, anchors. Exit 0 valid, 1 invalid."""
     anchors = [_parse_anchor(a) for a in anchor or []]
-    if ledger_file is not None:
+    if ledger_file is not None and database_url is not None:
+        raise ConfigError("give --ledger-file or --database-url, not both")
+    if database_url is not None:
+        url = database_url
+    elif ledger_file is not None:
         if not ledger_file.is_file():
             raise ConfigError(f"no ledger file at {ledger_file}")
         url = sqlite_url(ledger_file)

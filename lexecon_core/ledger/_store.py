@@ -1,29 +1,28 @@
 """The ledger store: a signed hash chain in a SQL database (SQLite by default) through SQLAlchemy.
 
-One writer at a time per ledger: on SQLite every write transaction starts with ``BEGIN IMMEDIATE``, which takes the
-database's write lock before the head is read, so two processes appending at once queue rather than fork the chain.
-The journal is WAL. With ``durability="fsync"`` (the default, ``synchronous=FULL``) an entry is on disk when
-:meth:`Ledger.append` returns and survives power loss. ``durability="process"`` (``synchronous=NORMAL``) skips the
-per-commit fsync: a returned entry survives the process being killed (it is in the operating system's cache) but not
-the machine losing power before the next checkpoint. Both keep the chain consistent.
+One writer at a time per ledger: every write transaction first takes the ledger's write lock (SQLite ``BEGIN
+IMMEDIATE``; PostgreSQL an advisory lock), before the head is read, so two processes appending at once queue rather
+than fork the chain.
+With ``durability="fsync"`` (the default) an entry is on disk when :meth:`Ledger.append` returns and survives power
+loss. ``durability="process"`` skips the per-commit flush: a returned entry survives the process being killed but not
+the machine losing power. Both keep the chain consistent. Database specifics live in ``_backend``.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, insert, inspect, make_url, select
-from sqlalchemy.engine import Connection
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
 from lexecon_core.errors import LedgerError
 from lexecon_core.keys import PublicKey, Signer, b64url
 from lexecon_core.ledger import _schema
+from lexecon_core.ledger._backend import DURABILITIES, Durability, backend_for
 from lexecon_core.ledger._entry import (
     GENESIS_TYPE,
     LedgerEntry,
@@ -33,6 +32,7 @@ from lexecon_core.ledger._entry import (
     signing_message,
     utc_timestamp,
 )
+from lexecon_core.ledger._migrate import check_tables, ensure_schema
 from lexecon_core.ledger._verify import StoredRow, VerificationReport, verify_rows
 
 _t = _schema.entries
@@ -60,34 +60,6 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-Durability = Literal["fsync", "process"]
-_SYNCHRONOUS = {"fsync": "FULL", "process": "NORMAL"}
-
-
-def _make_engine(url: str, *, immediate: bool, readonly: bool = False, durability: Durability = "fsync") -> Engine:
-    engine = create_engine(url, future=True)
-    if engine.dialect.name == "sqlite":
-
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            # Let SQLAlchemy's "begin" event issue BEGIN, so we choose IMMEDIATE vs deferred (SQLAlchemy docs recipe).
-            dbapi_conn.isolation_level = None
-            cursor = dbapi_conn.cursor()
-            if readonly:
-                cursor.execute("PRAGMA query_only=ON")
-            else:
-                cursor.execute("PRAGMA journal_mode=WAL")
-                cursor.execute(f"PRAGMA synchronous={_SYNCHRONOUS[durability]}")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
-
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-    return engine
-
-
 class Ledger:
     """Append-only, signed, hash-chained ledger of one node.
 
@@ -107,27 +79,22 @@ class Ledger:
         self._signer = signer
         self._lock = threading.Lock()  # one appender per process; the database lock covers other processes
         self._conn: PoolProxiedConnection | None = None
+        if durability not in DURABILITIES:
+            raise LedgerError(f"unknown ledger durability {durability!r}; expected 'fsync' or 'process'")
         try:
-            backend = make_url(url).get_backend_name()
-            if backend != "sqlite":
-                raise LedgerError(f"{backend} ledgers are not supported yet; use SQLite")
-            if durability not in _SYNCHRONOUS:
-                raise LedgerError(f"unknown ledger durability {durability!r}; expected 'fsync' or 'process'")
-            self._writer = _make_engine(url, immediate=True, readonly=readonly, durability=durability)
-            self._reader = _make_engine(url, immediate=False, readonly=readonly)
+            self._backend, url = backend_for(url)
+            self._writer = self._backend.make_engine(url, writer=True, readonly=readonly, durability=durability)
+            self._reader = self._backend.make_engine(url, writer=False, readonly=readonly, durability=durability)
             if readonly:
-                missing = {t.name for t in _schema.metadata.sorted_tables} - set(
-                    inspect(self._reader).get_table_names()
-                )
-                if missing:
-                    raise LedgerError(f"not a Lexecon ledger (missing tables {sorted(missing)})")
+                check_tables(self._reader)
             else:
-                _schema.metadata.create_all(self._writer)
+                ensure_schema(self._writer, self._reader)
             # The append path runs these pre-compiled statements directly: SQL compiled once from the Table, not
-            # hand-written, with the driver's own parameter style.
+            # hand-written, in the driver's own parameter style (positional for sqlite3, named for psycopg).
             self._head_sql = str(_HEAD.compile(dialect=self._writer.dialect, compile_kwargs={"literal_binds": True}))
             compiled = _INSERT.compile(dialect=self._writer.dialect)
-            if list(compiled.positiontup or ()) != list(_COLUMN_NAMES):
+            self._positional = compiled.positiontup is not None
+            if self._positional and list(compiled.positiontup or ()) != list(_COLUMN_NAMES):
                 raise LedgerError("unexpected parameter order in the compiled ledger insert")
             self._insert_sql = str(compiled)
             self.node_id, created = self._bind_node(node_id)
@@ -151,7 +118,7 @@ class Ledger:
             stored = conn.execute(query).scalar()
         created = False
         if stored is None and node_id is not None:
-            with self._writer.begin() as conn:  # BEGIN IMMEDIATE: re-read under the write lock
+            with self._writer.begin() as conn:  # under the write lock (see _backend): re-read, then record
                 stored = conn.execute(query).scalar()
                 if stored is None:
                     conn.execute(insert(_schema.meta).values(key="node_id", value=node_id))
@@ -175,7 +142,7 @@ class Ledger:
             return
         try:
             self._conn.dbapi_connection.rollback()  # type: ignore[union-attr]
-        except sqlite3.Error:
+        except self._backend.errors:
             self._conn.invalidate()
             self._conn = None
 
@@ -215,7 +182,7 @@ class Ledger:
             db = self._append_dbapi()
             cursor = db.cursor()
             try:
-                cursor.execute("BEGIN IMMEDIATE")  # take the write lock before reading the head: no fork, no gap
+                cursor.execute(self._backend.lock_sql)  # the write lock before reading the head: no fork, no gap
                 head = cursor.execute(self._head_sql).fetchone()
                 if only_if_empty and head is not None:  # another process got there first
                     db.rollback()
@@ -227,27 +194,26 @@ class Ledger:
                 entry = LedgerEntry(
                     seq, entry_type, timestamp, body, prev, digest, signer.kid, signer.sign(signing_message(digest))
                 )
-                cursor.execute(
-                    self._insert_sql,
-                    (
-                        seq,
-                        entry_type,
-                        timestamp,
-                        body,
-                        prev,
-                        digest,
-                        entry.kid,
-                        entry.signature,
-                        data.get("decision_id"),
-                        request.get("actor"),
-                        request.get("tool"),
-                        data.get("outcome"),
-                    ),
+                row = (
+                    seq,
+                    entry_type,
+                    timestamp,
+                    body,
+                    prev,
+                    digest,
+                    entry.kid,
+                    entry.signature,
+                    data.get("decision_id"),
+                    request.get("actor"),
+                    request.get("tool"),
+                    data.get("outcome"),
                 )
+                params = row if self._positional else dict(zip(_COLUMN_NAMES, row, strict=True))
+                cursor.execute(self._insert_sql, params)
                 db.commit()  # durable (to the chosen level) when this returns
             except BaseException as exc:
                 self._abort_append()
-                if isinstance(exc, sqlite3.Error):
+                if isinstance(exc, self._backend.errors):
                     raise LedgerError(f"ledger write failed: {_short(exc)}") from None
                 raise
             finally:
