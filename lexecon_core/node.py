@@ -112,8 +112,13 @@ def init_node(
         if (paths.keys / "active").exists()
         else KeyRing.create(paths.keys, key_master)
     )
-    # refuses another node's ledger
-    ledger = Ledger(settings.ledger_url, node_id=node_id, signer=keys.signer, durability=settings.ledger_durability)
+    ledger = Ledger(  # refuses another node's ledger
+        settings.ledger_url,
+        node_id=node_id,
+        signer=keys.signer,
+        durability=settings.ledger_durability,
+        checkpoint_interval=settings.checkpoint_interval,
+    )
     for key in keys.public_keys.values():
         ledger.publish_key(key)
     config = {**existing, "node_id": node_id}
@@ -138,5 +143,6 @@ def open_node(home: str | Path | None = None, *, settings: Settings | None = Non
         node_id=settings.node_id,
         signer=keys.signer if signer else None,
         durability=settings.ledger_durability,
+        checkpoint_interval=settings.checkpoint_interval,
     )
     return Node(settings, keys, ledger)

@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from lexecon_core import LocalGovernor, init_node, load_settings
 from lexecon_core.cli import main as cli_main
 from lexecon_core.ledger import Ledger
+from lexecon_core.ledger._migrate import SCHEMA_REVISION
 
 BASE_URL = os.environ.get("LEXECON_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -84,7 +85,7 @@ def test_decisions_on_postgres(pg_home: Path, pg_url: str) -> None:
     rows = sql(pg_url, "SELECT seq, entry_type, outcome FROM ledger_entries ORDER BY seq")
     assert rows == [(1, "ledger_genesis", None), (2, "policy_loaded", None), (3, "decision", "approved"),
                     (4, "decision", "denied")]  # fmt: skip
-    assert sql(pg_url, "SELECT version_num FROM alembic_version") == [("0001",)]
+    assert sql(pg_url, "SELECT version_num FROM alembic_version") == [(SCHEMA_REVISION,)]
 
 
 def test_tampering_on_postgres_is_detected(pg_home: Path, pg_url: str) -> None:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
 
-from lexecon_core.cli._common import HomeOption, JsonFlag, print_json, print_table
+from lexecon_core.cli._common import HomeOption, JsonFlag, out, print_json, print_table
 from lexecon_core.node import open_node
 
-ledger_app = typer.Typer(help="Read the ledger.", no_args_is_help=True)
+ledger_app = typer.Typer(help="Read the ledger; checkpoints and proofs.", no_args_is_help=True)
 
 
 @ledger_app.command("list")
@@ -49,3 +50,56 @@ def list_entries(
             )
         )
     print_table(("seq", "time", "type", "actor", "tool", "outcome", "hash"), rows)
+
+
+@ledger_app.command("checkpoint")
+def checkpoint(home: HomeOption = None, as_json: JsonFlag = False) -> None:
+    """Grow the Merkle tree to the head and print a signed checkpoint (C2SP signed note)."""
+    node = open_node(home)
+    try:
+        made = node.ledger.checkpoint()
+    finally:
+        node.close()
+    if as_json:
+        print_json({"tree_size": made.size, "root": made.root.hex(), "timestamp": made.timestamp, "note": made.note})
+        return
+    sys.stdout.write(made.note)
+
+
+@ledger_app.command("checkpoints")
+def list_checkpoints(home: HomeOption = None, as_json: JsonFlag = False) -> None:
+    """List the signed checkpoints stored in the ledger."""
+    node = open_node(home, signer=False)
+    try:
+        made = node.ledger.checkpoints()
+    finally:
+        node.close()
+    if as_json:
+        print_json(
+            [{"tree_size": c.size, "root": c.root.hex(), "timestamp": c.timestamp, "note": c.note} for c in made]
+        )
+        return
+    print_table(("tree_size", "root", "timestamp"), [(str(c.size), c.root.hex(), c.timestamp) for c in made])
+
+
+@ledger_app.command("prove")
+def prove(
+    entry: Annotated[int, typer.Option("--entry", min=1, help="Sequence number of the entry.")],
+    size: Annotated[int | None, typer.Option("--size", min=1, help="Tree size (default: latest checkpoint).")] = None,
+    home: HomeOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Print an inclusion proof of an entry against a checkpoint (verifiable with RFC 9162 tooling)."""
+    node = open_node(home, signer=False)
+    try:
+        proof = node.ledger.inclusion_proof(entry, size)
+    finally:
+        node.close()
+    if as_json:
+        print_json(proof.to_dict())
+        return
+    out.print(f"entry {proof.seq} (leaf {proof.leaf_index}) in the tree of {proof.tree_size} entries")
+    out.print(f"  entry hash  {proof.entry_hash.hex()}")
+    out.print(f"  root        {proof.root.hex()}")
+    for index, value in enumerate(proof.hashes):
+        out.print(f"  path[{index}]    {value.hex()}")

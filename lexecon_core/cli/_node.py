@@ -94,6 +94,13 @@ def _parse_anchor(text: str) -> tuple[int, bytes]:
         raise InvalidRequest(f"--anchor must be SEQ:HEX_SHA256, got {text!r}") from None
 
 
+def _read_note(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read checkpoint {path}: {exc}") from None
+
+
 def _trusted_keys(jwks: Path | None, node_id: str, home: Path | None) -> tuple[dict[str, PublicKey] | None, str]:
     """Pinned JWKS if given; else the keys of the local node whose ledger this is; else none (embedded keys)."""
     if jwks is not None:
@@ -121,11 +128,16 @@ def verify_ledger(
     anchor: Annotated[
         list[str] | None, typer.Option("--anchor", help="Known entry SEQ:HASH (from a token or receipt); repeatable.")
     ] = None,
+    checkpoint: Annotated[
+        list[Path] | None,
+        typer.Option("--checkpoint", help="A signed checkpoint note kept elsewhere (file); repeatable."),
+    ] = None,
     home: HomeOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Verify the ledger: hash chain, every signature, anchors. Exit 0 valid, 1 invalid."""
     anchors = [_parse_anchor(a) for a in anchor or []]
+    notes = [_read_note(path) for path in checkpoint or []]
     if ledger_file is not None and database_url is not None:
         raise ConfigError("give --ledger-file or --database-url, not both")
     if database_url is not None:
@@ -142,7 +154,7 @@ def verify_ledger(
     with Ledger(url, readonly=True) as ledger:
         keys, source = _trusted_keys(jwks, ledger.node_id, home)
         total = ledger.count()
-        report = _run_verify(ledger, keys, source, anchors, total, show_progress=not as_json)
+        report = _run_verify(ledger, keys, source, anchors, notes, total, show_progress=not as_json)
     if as_json:
         print_json(report.to_dict())
     else:
@@ -155,6 +167,7 @@ def _run_verify(
     keys: dict[str, PublicKey] | None,
     source: str,
     anchors: list[tuple[int, bytes]],
+    notes: list[str],
     total: int,
     *,
     show_progress: bool,
@@ -171,7 +184,11 @@ def _run_verify(
     with progress:
         task = progress.add_task("verify", total=total)
         return ledger.verify(
-            keys, anchors=anchors, key_source=source or None, progress=lambda n: progress.update(task, completed=n)
+            keys,
+            anchors=anchors,
+            checkpoints=notes,
+            key_source=source or None,
+            progress=lambda n: progress.update(task, completed=n),
         )
 
 
@@ -187,3 +204,5 @@ def _print_report(report: VerificationReport) -> None:
     out.print(f"  trusted keys {report.key_source}")
     if report.anchors_checked:
         out.print(f"  anchors      {report.anchors_checked} matched")
+    if report.checkpoints_checked:
+        out.print(f"  checkpoints  {report.checkpoints_checked} signed, all consistent with the entries")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, MetaData, String, Table
+from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, MetaData, SmallInteger, String, Table, Text
 
 metadata = MetaData()
 
@@ -41,4 +41,24 @@ published_keys = Table(
     Column("kid", String(64), primary_key=True),
     Column("public_key", LargeBinary(32), nullable=False),
     Column("created_at", String(32), nullable=False),
+)
+
+# Complete, aligned subtrees of the RFC 6962 tree over entry hashes: (level, idx) covers leaves
+# [idx * 2**level, (idx + 1) * 2**level). Level 0 holds the leaves. Grown when a checkpoint is made.
+tree = Table(
+    "ledger_tree",
+    metadata,
+    Column("level", SmallInteger, primary_key=True, autoincrement=False),
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", LargeBinary(32), nullable=False),
+)
+
+checkpoints = Table(
+    "ledger_checkpoints",
+    metadata,
+    Column("tree_size", BigInteger, primary_key=True, autoincrement=False),
+    Column("root_hash", LargeBinary(32), nullable=False),
+    Column("created_at", String(32), nullable=False),
+    Column("kid", String(64), nullable=False),
+    Column("note", Text, nullable=False),
 )

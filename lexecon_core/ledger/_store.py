@@ -21,8 +21,9 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from lexecon_core.errors import LedgerError
 from lexecon_core.keys import PublicKey, Signer, b64url
-from lexecon_core.ledger import _schema
+from lexecon_core.ledger import _schema, _tree
 from lexecon_core.ledger._backend import DURABILITIES, Durability, backend_for
+from lexecon_core.ledger._checkpoint import Checkpoint, origin_for, parse_checkpoint, sign_checkpoint
 from lexecon_core.ledger._entry import (
     GENESIS_TYPE,
     LedgerEntry,
@@ -32,7 +33,9 @@ from lexecon_core.ledger._entry import (
     signing_message,
     utc_timestamp,
 )
+from lexecon_core.ledger._merkle import consistency_proof, inclusion_proof, range_hash
 from lexecon_core.ledger._migrate import check_tables, ensure_schema
+from lexecon_core.ledger._tree import InclusionProof
 from lexecon_core.ledger._verify import StoredRow, VerificationReport, verify_rows
 
 _t = _schema.entries
@@ -74,11 +77,13 @@ class Ledger:
         signer: Signer | None = None,
         readonly: bool = False,
         durability: Durability = "fsync",
+        checkpoint_interval: int = 0,
     ) -> None:
         self.url = url
         self._signer = signer
         self._lock = threading.Lock()  # one appender per process; the database lock covers other processes
         self._conn: PoolProxiedConnection | None = None
+        self.checkpoint_interval = checkpoint_interval  # sign a checkpoint every N entries (0: only on demand)
         if durability not in DURABILITIES:
             raise LedgerError(f"unknown ledger durability {durability!r}; expected 'fsync' or 'process'")
         try:
@@ -172,6 +177,8 @@ class Ledger:
             raise LedgerError("this ledger handle is read-only (no signing key)")
         entry = self._append(entry_type, data, signer)
         assert entry is not None
+        if self.checkpoint_interval and entry.seq % self.checkpoint_interval == 0:
+            self.checkpoint(signer=signer)
         return entry
 
     def _append(
@@ -299,30 +306,100 @@ class Ledger:
         keys: Mapping[str, PublicKey] | None = None,
         *,
         anchors: Sequence[tuple[int, bytes]] = (),
+        checkpoints: Sequence[str] = (),
         key_source: str | None = None,
         progress: Callable[[int], None] | None = None,
         workers: int | None = None,
     ) -> VerificationReport:
-        """Verify every entry (chain, hashes, signatures). ``keys`` are the trusted public keys.
+        """Verify every entry (chain, hashes, signatures) and every signed checkpoint - those stored in the ledger
+        and the ``checkpoints`` notes given (kept elsewhere, so deleting rows cannot hide a truncation).
 
-        Without ``keys``, the keys published inside the database are used, and the report says so: that proves
-        internal consistency, not authenticity.
+        ``keys`` are the trusted public keys. Without them, the keys published inside the database are used, and the
+        report says so: that proves internal consistency, not authenticity.
         """
         source = key_source or "trusted keys"
         if keys is None:
             keys, source = self.published_keys(), "keys embedded in the ledger (not independently pinned)"
         try:
+            notes = [c.note for c in self.checkpoints()] + list(checkpoints)
             return verify_rows(
                 self._rows(),
                 node_id=self.node_id,
                 keys=keys,
                 anchors=anchors,
+                checkpoints=notes,
                 key_source=source,
                 progress=progress,
                 workers=workers,
             )
         except SQLAlchemyError as exc:
             raise LedgerError(f"cannot read ledger: {_short(exc)}") from None
+
+    # -- Merkle tree, checkpoints, proofs ---------------------------------------------------------------------------
+
+    def checkpoint(self, *, signer: Signer | None = None) -> Checkpoint:
+        """Grow the Merkle tree to the current head and sign a checkpoint of it (or return the one at that size)."""
+        signer = signer or self._signer
+        if signer is None:
+            raise LedgerError("this ledger handle is read-only (no signing key)")
+        try:
+            with self._writer.begin() as conn:  # the write lock: the tree and the checkpoint describe one prefix
+                edge = _tree.grow(conn)
+                if edge.size == 0:
+                    raise LedgerError("the ledger is empty: nothing to checkpoint")
+                table = _schema.checkpoints
+                stored = conn.execute(select(table.c.note).where(table.c.tree_size == edge.size)).scalar()
+                if stored is not None:
+                    return parse_checkpoint(stored)[0]
+                made = sign_checkpoint(
+                    signer, origin=origin_for(self.node_id), size=edge.size, root=edge.root(), timestamp=utc_timestamp()
+                )
+                conn.execute(
+                    insert(table).values(
+                        tree_size=made.size, root_hash=made.root, created_at=made.timestamp, kid=signer.kid,
+                        note=made.note,
+                    )
+                )  # fmt: skip
+                return made
+        except SQLAlchemyError as exc:
+            raise LedgerError(f"cannot make a checkpoint: {_short(exc)}") from None
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Stored checkpoints, oldest first."""
+        table = _schema.checkpoints
+        with self._reader.connect() as conn:
+            notes = conn.execute(select(table.c.note).order_by(table.c.tree_size)).scalars().all()
+        return [parse_checkpoint(n)[0] for n in notes]
+
+    def inclusion_proof(self, seq: int, tree_size: int | None = None) -> InclusionProof:
+        """Proof that entry ``seq`` is in the tree of ``tree_size`` entries (default: the latest checkpoint)."""
+        made = {c.size: c for c in self.checkpoints()}
+        size = tree_size if tree_size is not None else max(made, default=0)
+        if size == 0:
+            raise LedgerError("no checkpoint yet: run `lexecon ledger checkpoint` first")
+        if not 1 <= seq <= size:
+            raise LedgerError(f"entry {seq} is not covered by a tree of {size} entries")
+        with self._reader.connect() as conn:
+            if size > _tree.tree_size(conn):
+                raise LedgerError(f"the Merkle tree does not reach size {size} yet; make a checkpoint first")
+            get = _tree.subtrees(conn)
+            hashes = inclusion_proof(seq - 1, size, get)
+            root = range_hash(0, size, get)
+            digest = conn.execute(select(_t.c.entry_hash).where(_t.c.seq == seq)).scalar()
+        if digest is None:
+            raise LedgerError(f"entry {seq} is missing from the ledger")
+        note = made[size].note if size in made else None
+        return InclusionProof(seq, size, bytes(digest), tuple(hashes), root, note)
+
+    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        """Proof that the tree of ``old_size`` entries is a prefix of the tree of ``new_size`` entries."""
+        with self._reader.connect() as conn:
+            if new_size > _tree.tree_size(conn):
+                raise LedgerError(f"the Merkle tree does not reach size {new_size} yet; make a checkpoint first")
+            try:
+                return consistency_proof(old_size, new_size, _tree.subtrees(conn))
+            except ValueError as exc:
+                raise LedgerError(str(exc)) from None
 
 
 _FULL = (

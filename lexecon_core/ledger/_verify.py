@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lexecon_core.keys import PublicKey
+from lexecon_core.ledger._checkpoint import origin_for, verify_checkpoint
 from lexecon_core.ledger._entry import GENESIS_TYPE, entry_hash, genesis_hash, signing_message
+from lexecon_core.ledger._merkle import CompactRange, leaf_hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,7 @@ class VerificationReport:
     head_hash: str | None = None
     key_source: str = "trusted keys"
     anchors_checked: int = 0
+    checkpoints_checked: int = 0
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -70,6 +73,7 @@ class VerificationReport:
             "head_hash": self.head_hash,
             "key_source": self.key_source,
             "anchors_checked": self.anchors_checked,
+            "checkpoints_checked": self.checkpoints_checked,
         }
         if not self.valid:
             data["first_bad_seq"] = self.first_bad_seq
@@ -141,6 +145,7 @@ def verify_rows(
     node_id: str,
     keys: Mapping[str, PublicKey],
     anchors: Sequence[tuple[int, bytes]] = (),
+    checkpoints: Sequence[str] = (),
     key_source: str = "trusted keys",
     progress: Callable[[int], None] | None = None,
     workers: int | None = None,
@@ -148,13 +153,16 @@ def verify_rows(
     """Verify a ledger given its rows in ascending sequence order. No I/O beyond iterating ``rows``.
 
     The chain is walked in order; signatures are checked in batches on ``workers`` threads (default: one per core).
-    The report names the lowest-numbered failure, whichever check found it.
+    Each signed checkpoint note must verify with ``keys`` and its root must equal the RFC 6962 root of the first
+    ``size`` entries, recomputed on the way (a ledger shorter than a checkpoint was truncated; a different root means
+    history was rewritten). The report names the lowest-numbered failure, whichever check found it.
     """
     prev = genesis_hash(node_id)
     count = 0
     wanted = dict(anchors)
     anchors_checked = 0
-    failures: list[_Failure] = []
+    roots, failures = _trusted_roots(checkpoints, node_id, keys)
+    tree = CompactRange()
     batch: _Pending = []
     threads = workers if workers is not None else min(os.cpu_count() or 1, 8)
     with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
@@ -171,6 +179,13 @@ def verify_rows(
                 failures.append(failure)
                 break
             anchors_checked += row.seq in wanted
+            tree.append(leaf_hash(row.entry_hash))
+            expected_root = roots.get(tree.size)
+            if expected_root is not None and expected_root != tree.root():
+                failures.append(
+                    _Failure(row.seq, "entries disagree with a signed checkpoint (history rewritten)", CHAIN)
+                )
+                break
             batch.append((row.seq, key, row.signature, row.entry_hash))  # type: ignore[arg-type]
             if len(batch) >= _BATCH:
                 futures.append(pool.submit(_check_signatures, batch))
@@ -181,7 +196,11 @@ def verify_rows(
                 progress(count)
         else:
             missing = sorted(seq for seq in wanted if seq > count)
-            if missing:
+            beyond = sorted(size for size in roots if size > count)
+            if beyond:
+                reason = f"ledger truncated: a signed checkpoint covers {beyond[-1]} entries, the ledger has {count}"
+                failures.append(_Failure(count + 1, reason, CHAIN))
+            elif missing:
                 failures.append(
                     _Failure(count + 1, f"ledger truncated: anchored entry {missing[-1]} is missing", CHAIN)
                 )
@@ -203,6 +222,7 @@ def verify_rows(
             head_hash=prev.hex() if count else None,
             key_source=key_source,
             anchors_checked=anchors_checked,
+            checkpoints_checked=len(roots),
         )
     first = min(failures)
     return VerificationReport(
@@ -216,4 +236,27 @@ def verify_rows(
         head_hash=prev.hex() if count else None,
         key_source=key_source,
         anchors_checked=anchors_checked,
+        checkpoints_checked=len(roots),
     )
+
+
+def _trusted_roots(
+    notes: Sequence[str], node_id: str, keys: Mapping[str, PublicKey]
+) -> tuple[dict[int, bytes], list[_Failure]]:
+    """The roots of the checkpoints that verify; a note that does not is itself a failure (at its size)."""
+    roots: dict[int, bytes] = {}
+    failures: list[_Failure] = []
+    for note in notes:
+        try:
+            checkpoint = verify_checkpoint(note, keys, origin=origin_for(node_id))
+        except ValueError as exc:
+            failures.append(_Failure(_note_size(note), f"checkpoint rejected: {exc}", SIGNATURE))
+            continue
+        if roots.setdefault(checkpoint.size, checkpoint.root) != checkpoint.root:
+            failures.append(_Failure(checkpoint.size, "two signed checkpoints of one size disagree (a fork)", CHAIN))
+    return roots, failures
+
+
+def _note_size(note: str) -> int:
+    lines = note.split("\n")
+    return int(lines[1]) if len(lines) > 1 and lines[1].isdigit() and int(lines[1]) > 0 else 1
