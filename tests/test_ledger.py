@@ -1066,3 +1066,62 @@ def test_unknown_durability_is_a_config_error(home: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("LEXECON_LEDGER_DURABILITY", "yolo")
     with pytest.raises(ConfigError, match="LEXECON_LEDGER_DURABILITY"):
         LocalGovernor(home)
+
+
+def test_group_commit_batches_concurrent_appends(tmp_path: Path) -> None:
+    signer = Signer.generate()
+    ledger = Ledger(sqlite_url(tmp_path / "group.db"), node_id="n", signer=signer)
+    batches: list[int] = []
+    original = ledger._write_batch
+
+    def counted(batch: list[Any]) -> None:
+        batches.append(len(batch))
+        original(batch)
+
+    ledger._write_batch = counted  # type: ignore[method-assign]
+    barrier = threading.Barrier(8)
+    returned: list[LedgerEntry] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        barrier.wait()
+        for i in range(100):
+            entry = ledger.append("note", {"worker": n, "i": i})
+            with lock:
+                returned.append(entry)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(e.seq for e in returned) == list(range(2, 802))  # dense after the genesis entry
+    assert sum(batches) == 800
+    assert len(batches) < 800  # appends shared transactions
+    # every returned entry is exactly what is stored
+    for entry in returned[::50]:
+        assert ledger.get(entry.seq) == entry
+    assert ledger.verify({signer.kid: signer.public}).valid
+    ledger.close()
+
+
+def test_a_bad_request_in_a_batch_fails_alone(tmp_path: Path) -> None:
+    signer = Signer.generate()
+    ledger = Ledger(sqlite_url(tmp_path / "mixed.db"), node_id="n", signer=signer)
+    requests = [
+        _store_request("note", {"ok": 1}, signer),
+        _store_request("note", {"bad": 1.5}, signer),
+        _store_request("note", {"ok": 2}, signer),
+    ]
+    ledger._write_batch(requests)
+    assert [r.entry.seq if r.entry else None for r in requests] == [2, None, 3]
+    assert isinstance(requests[1].error, InvalidRequest)
+    assert ledger.count() == 3
+    assert ledger.verify({signer.kid: signer.public}).valid
+    ledger.close()
+
+
+def _store_request(entry_type: str, data: dict[str, Any], signer: Signer) -> Any:
+    from lexecon_core.ledger._store import _Request
+
+    return _Request(entry_type, data, signer, False)

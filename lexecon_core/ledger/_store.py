@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
-from lexecon_core.errors import LedgerError
+from lexecon_core.errors import LedgerError, LexeconError
 from lexecon_core.keys import PublicKey, Signer, b64url
 from lexecon_core.ledger import _schema, _tree
 from lexecon_core.ledger._backend import DURABILITIES, Durability, backend_for
@@ -63,6 +64,19 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
+@dataclass(slots=True)
+class _Request:
+    """One pending append, filled in by whichever thread writes its batch."""
+
+    entry_type: str
+    data: Mapping[str, Any]
+    signer: Signer
+    only_if_empty: bool
+    entry: LedgerEntry | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
 class Ledger:
     """Append-only, signed, hash-chained ledger of one node.
 
@@ -81,7 +95,10 @@ class Ledger:
     ) -> None:
         self.url = url
         self._signer = signer
-        self._lock = threading.Lock()  # one appender per process; the database lock covers other processes
+        # One writing thread per process (see _append); the database lock covers other processes.
+        self._cond = threading.Condition()
+        self._queue: list[_Request] = []
+        self._writing = False
         self._conn: PoolProxiedConnection | None = None
         self.checkpoint_interval = checkpoint_interval  # sign a checkpoint every N entries (0: only on demand)
         if durability not in DURABILITIES:
@@ -152,7 +169,7 @@ class Ledger:
             self._conn = None
 
     def close(self) -> None:
-        with self._lock:
+        with self._cond:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
@@ -184,48 +201,84 @@ class Ledger:
     def _append(
         self, entry_type: str, data: Mapping[str, Any], signer: Signer, *, only_if_empty: bool = False
     ) -> LedgerEntry | None:
-        request = data.get("request") or {}
-        with self._lock:
-            db = self._append_dbapi()
-            cursor = db.cursor()
+        """Group commit: appends that arrive while another thread is writing wait, then go out together in the next
+        transaction, under one lock acquisition and one commit. Each caller returns only once its entry is durable."""
+        request = _Request(entry_type, data, signer, only_if_empty)
+        with self._cond:
+            self._queue.append(request)
+            while not request.done and self._writing:
+                self._cond.wait()
+            leader = not request.done
+            if leader:
+                self._writing = True
+                batch, self._queue = self._queue, []
+        if leader:
             try:
-                cursor.execute(self._backend.lock_sql)  # the write lock before reading the head: no fork, no gap
-                head = cursor.execute(self._head_sql).fetchone()
-                if only_if_empty and head is not None:  # another process got there first
-                    db.rollback()
-                    return None
-                seq, prev = (head[0] + 1, bytes(head[1])) if head else (1, genesis_hash(self.node_id))
-                timestamp = utc_timestamp()
-                body = make_body(seq=seq, entry_type=entry_type, timestamp=timestamp, node_id=self.node_id, data=data)
-                digest = entry_hash(prev, body)
-                entry = LedgerEntry(
-                    seq, entry_type, timestamp, body, prev, digest, signer.kid, signer.sign(signing_message(digest))
-                )
-                row = (
-                    seq,
-                    entry_type,
-                    timestamp,
-                    body,
-                    prev,
-                    digest,
-                    entry.kid,
-                    entry.signature,
-                    data.get("decision_id"),
-                    request.get("actor"),
-                    request.get("tool"),
-                    data.get("outcome"),
-                )
-                params = row if self._positional else dict(zip(_COLUMN_NAMES, row, strict=True))
-                cursor.execute(self._insert_sql, params)
-                db.commit()  # durable (to the chosen level) when this returns
-            except BaseException as exc:
-                self._abort_append()
-                if isinstance(exc, self._backend.errors):
-                    raise LedgerError(f"ledger write failed: {_short(exc)}") from None
-                raise
+                self._write_batch(batch)
             finally:
-                cursor.close()
-        return entry
+                with self._cond:
+                    self._writing = False
+                    for item in batch:
+                        item.done = True
+                    self._cond.notify_all()
+        if request.error is not None:
+            raise request.error
+        return request.entry
+
+    def _write_batch(self, batch: list[_Request]) -> None:
+        db = self._append_dbapi()
+        cursor = db.cursor()
+        try:
+            cursor.execute(self._backend.lock_sql)  # the write lock before reading the head: no fork, no gap
+            head = cursor.execute(self._head_sql).fetchone()
+            seq, prev = (head[0] + 1, bytes(head[1])) if head else (1, genesis_hash(self.node_id))
+            rows: list[Any] = []
+            for item in batch:
+                if item.only_if_empty and seq != 1:  # another writer got there first
+                    continue
+                try:
+                    item.entry, row = self._build(item, seq, prev)
+                except LexeconError as exc:  # this request's own data is bad: it alone fails, nothing written
+                    item.error = exc
+                    continue
+                rows.append(row if self._positional else dict(zip(_COLUMN_NAMES, row, strict=True)))
+                seq, prev = seq + 1, item.entry.entry_hash
+            if rows:
+                cursor.executemany(self._insert_sql, rows)
+            db.commit()  # durable (to the chosen level) when this returns
+        except BaseException as exc:
+            self._abort_append()
+            error = LedgerError(f"ledger write failed: {_short(exc)}") if isinstance(exc, self._backend.errors) else exc
+            for item in batch:  # the transaction is gone: no entry of this batch exists
+                item.entry = None
+                item.error = item.error or error
+        finally:
+            cursor.close()
+
+    def _build(self, item: _Request, seq: int, prev: bytes) -> tuple[LedgerEntry, tuple[Any, ...]]:
+        data, signer = item.data, item.signer
+        timestamp = utc_timestamp()
+        body = make_body(seq=seq, entry_type=item.entry_type, timestamp=timestamp, node_id=self.node_id, data=data)
+        digest = entry_hash(prev, body)
+        entry = LedgerEntry(
+            seq, item.entry_type, timestamp, body, prev, digest, signer.kid, signer.sign(signing_message(digest))
+        )
+        request = data.get("request") or {}
+        row = (
+            seq,
+            item.entry_type,
+            timestamp,
+            body,
+            prev,
+            digest,
+            entry.kid,
+            entry.signature,
+            data.get("decision_id"),
+            request.get("actor"),
+            request.get("tool"),
+            data.get("outcome"),
+        )
+        return entry, row
 
     def publish_key(self, key: PublicKey) -> None:
         """Record a public key in the ledger database so an exported file carries the keys that signed it."""
