@@ -132,10 +132,16 @@ def verify_ledger(
         list[Path] | None,
         typer.Option("--checkpoint", help="A signed checkpoint note kept elsewhere (file); repeatable."),
     ] = None,
+    trust_checkpoints: Annotated[
+        bool,
+        typer.Option(
+            "--trust-checkpoints", help="Fast path: entries under a signed checkpoint are checked by hash only."
+        ),
+    ] = False,
     home: HomeOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Verify the ledger: hash chain, every signature, anchors. Exit 0 valid, 1 invalid."""
+    """Verify the ledger: hash chain, every signature, signed checkpoints, anchors. Exit 0 valid, 1 invalid."""
     anchors = [_parse_anchor(a) for a in anchor or []]
     notes = [_read_note(path) for path in checkpoint or []]
     if ledger_file is not None and database_url is not None:
@@ -154,7 +160,9 @@ def verify_ledger(
     with Ledger(url, readonly=True) as ledger:
         keys, source = _trusted_keys(jwks, ledger.node_id, home)
         total = ledger.count()
-        report = _run_verify(ledger, keys, source, anchors, notes, total, show_progress=not as_json)
+        report = _run_verify(
+            ledger, keys, source, anchors, notes, total, show_progress=not as_json, trust_checkpoints=trust_checkpoints
+        )
     if as_json:
         print_json(report.to_dict())
     else:
@@ -171,6 +179,7 @@ def _run_verify(
     total: int,
     *,
     show_progress: bool,
+    trust_checkpoints: bool,
 ) -> VerificationReport:
     progress = Progress(
         TextColumn("verifying"),
@@ -187,6 +196,7 @@ def _run_verify(
             keys,
             anchors=anchors,
             checkpoints=notes,
+            trust_checkpoints=trust_checkpoints,
             key_source=source or None,
             progress=lambda n: progress.update(task, completed=n),
         )

@@ -183,6 +183,16 @@ class CompactRange:
         self.size += 1
         return completed
 
+    def push(self, leaf: bytes) -> None:
+        """:meth:`append` without reporting the completed subtrees (the verifier's hot loop)."""
+        peaks = self._peaks
+        value, index = leaf, self.size
+        while index & 1:
+            value = node_hash(peaks.pop(), value)
+            index >>= 1
+        peaks.append(value)
+        self.size += 1
+
     def root(self) -> bytes:
         if not self._peaks:
             return EMPTY_ROOT
