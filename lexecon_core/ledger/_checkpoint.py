@@ -65,7 +65,7 @@ def parse_checkpoint(note: str) -> tuple[Checkpoint, list[tuple[str, bytes]]]:
     if not sep or len(lines) < 4:
         raise ValueError("not a signed note: expected origin, size, root, timestamp, a blank line, signatures")
     origin, size_text, root_text, *extensions = lines
-    if not size_text.isdigit() or (size_text.startswith("0") and size_text != "0"):
+    if not (size_text.isascii() and size_text.isdigit()) or (size_text.startswith("0") and size_text != "0"):
         raise ValueError("checkpoint size is not a decimal number")
     root = base64.b64decode(root_text, validate=True)
     if len(root) != 32:

@@ -388,7 +388,7 @@ class Ledger:
         if keys is None:
             keys, source = self.published_keys(), "keys embedded in the ledger (not independently pinned)"
         try:
-            notes = [c.note for c in self.checkpoints()] + list(checkpoints)
+            notes = [*self._stored_notes(), *checkpoints]  # raw: a damaged note is a finding, not a crash
             return verify_rows(
                 self._rows(),
                 node_id=self.node_id,
@@ -433,11 +433,16 @@ class Ledger:
             raise LedgerError(f"cannot make a checkpoint: {_short(exc)}") from None
 
     def checkpoints(self) -> list[Checkpoint]:
-        """Stored checkpoints, oldest first."""
+        """Stored checkpoints, oldest first (unverified; :meth:`verify` checks them)."""
+        try:
+            return [parse_checkpoint(note)[0] for note in self._stored_notes()]
+        except ValueError as exc:
+            raise LedgerError(f"a stored checkpoint is damaged: {exc}") from None
+
+    def _stored_notes(self) -> list[str]:
         table = _schema.checkpoints
         with self._reader.connect() as conn:
-            notes = conn.execute(select(table.c.note).order_by(table.c.tree_size)).scalars().all()
-        return [parse_checkpoint(n)[0] for n in notes]
+            return [str(n) for n in conn.execute(select(table.c.note).order_by(table.c.tree_size)).scalars()]
 
     def inclusion_proof(self, seq: int, tree_size: int | None = None) -> InclusionProof:
         """Proof that entry ``seq`` is in the tree of ``tree_size`` entries (default: the latest checkpoint)."""

@@ -296,4 +296,5 @@ def _trusted_roots(
 
 def _note_size(note: str) -> int:
     lines = note.split("\n")
-    return int(lines[1]) if len(lines) > 1 and lines[1].isdigit() and int(lines[1]) > 0 else 1
+    size = lines[1] if len(lines) > 1 else ""
+    return int(size) if size.isascii() and size.isdigit() and int(size) > 0 else 1
