@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,7 @@ class _Request:
     entry: LedgerEntry | None = None
     error: BaseException | None = None
     done: bool = False
+    wake: threading.Event = field(default_factory=threading.Event)
 
 
 class Ledger:
@@ -96,7 +97,7 @@ class Ledger:
         self.url = url
         self._signer = signer
         # One writing thread per process (see _append); the database lock covers other processes.
-        self._cond = threading.Condition()
+        self._queue_lock = threading.Lock()
         self._queue: list[_Request] = []
         self._writing = False
         self._conn: PoolProxiedConnection | None = None
@@ -169,7 +170,7 @@ class Ledger:
             self._conn = None
 
     def close(self) -> None:
-        with self._cond:
+        with self._queue_lock:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
@@ -201,26 +202,32 @@ class Ledger:
     def _append(
         self, entry_type: str, data: Mapping[str, Any], signer: Signer, *, only_if_empty: bool = False
     ) -> LedgerEntry | None:
-        """Group commit: appends that arrive while another thread is writing wait, then go out together in the next
-        transaction, under one lock acquisition and one commit. Each caller returns only once its entry is durable."""
+        """Group commit: appends that arrive while another thread is writing queue up and go out together in the
+        next transaction, under one lock acquisition and one commit. Each caller returns only once its entry is
+        durable. A writer hands the pen to the oldest waiting request, so every thread is woken exactly once."""
         request = _Request(entry_type, data, signer, only_if_empty)
-        with self._cond:
+        with self._queue_lock:
             self._queue.append(request)
-            while not request.done and self._writing:
-                self._cond.wait()
-            leader = not request.done
-            if leader:
-                self._writing = True
+            lead = not self._writing
+            self._writing = True
+        if not lead:
+            request.wake.wait()
+            lead = not request.done  # woken to write, not because its entry was written
+        if lead:
+            with self._queue_lock:
                 batch, self._queue = self._queue, []
-        if leader:
             try:
                 self._write_batch(batch)
             finally:
-                with self._cond:
-                    self._writing = False
-                    for item in batch:
-                        item.done = True
-                    self._cond.notify_all()
+                for item in batch:
+                    item.done = True
+                    if item is not request:
+                        item.wake.set()
+                with self._queue_lock:
+                    if self._queue:
+                        self._queue[0].wake.set()  # the next writer; it takes everything queued by then
+                    else:
+                        self._writing = False
         if request.error is not None:
             raise request.error
         return request.entry
