@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -103,3 +104,18 @@ def prove(
     out.print(f"  root        {proof.root.hex()}")
     for index, value in enumerate(proof.hashes):
         out.print(f"  path[{index}]    {value.hex()}")
+
+
+@ledger_app.command("export")
+def export(
+    out_file: Annotated[Path, typer.Option("--out", help="Bundle file to write (a zip).")],
+    home: HomeOption = None,
+) -> None:
+    """Write a signed, self-contained bundle of the ledger; verify it anywhere with `verify-ledger --ledger-file`."""
+    node = open_node(home)
+    try:
+        manifest = node.ledger.export(out_file)
+    finally:
+        node.close()
+    out.print(f"exported {manifest['entries']} entries of node {manifest['node_id']} to {out_file}")
+    out.print(f"  head  {manifest['head_hash']}")

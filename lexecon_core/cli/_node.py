@@ -15,6 +15,7 @@ from lexecon_core.decisions import LocalGovernor
 from lexecon_core.errors import ConfigError, InvalidRequest
 from lexecon_core.keys import KeyRing, PublicKey, jwks_to_keys
 from lexecon_core.ledger import Ledger, VerificationReport, sqlite_url
+from lexecon_core.ledger._bundle import is_bundle, verify_bundle
 from lexecon_core.node import init_node
 
 
@@ -118,7 +119,8 @@ def _trusted_keys(jwks: Path | None, node_id: str, home: Path | None) -> tuple[d
 @app.command("verify-ledger")
 def verify_ledger(
     ledger_file: Annotated[
-        Path | None, typer.Option("--ledger-file", help="Verify this SQLite ledger file instead of the node's.")
+        Path | None,
+        typer.Option("--ledger-file", help="Verify this SQLite file or exported bundle instead of the node's ledger."),
     ] = None,
     database_url: Annotated[
         str | None,
@@ -151,6 +153,8 @@ def verify_ledger(
     elif ledger_file is not None:
         if not ledger_file.is_file():
             raise ConfigError(f"no ledger file at {ledger_file}")
+        if is_bundle(ledger_file):
+            _verify_bundle_file(ledger_file, jwks, anchors, notes, as_json=as_json)
         url = sqlite_url(ledger_file)
     else:
         settings = load_settings(home)
@@ -163,6 +167,18 @@ def verify_ledger(
         report = _run_verify(
             ledger, keys, source, anchors, notes, total, show_progress=not as_json, trust_checkpoints=trust_checkpoints
         )
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        _print_report(report)
+    raise typer.Exit(0 if report.valid else 1)
+
+
+def _verify_bundle_file(
+    path: Path, jwks: Path | None, anchors: list[tuple[int, bytes]], notes: list[str], *, as_json: bool
+) -> None:
+    keys, source = _trusted_keys(jwks, "", None) if jwks is not None else (None, "")
+    report = verify_bundle(path, keys, key_source=source or None, anchors=anchors, checkpoints=notes)
     if as_json:
         print_json(report.to_dict())
     else:

@@ -24,6 +24,7 @@ from lexecon_core.errors import LedgerError, LexeconError
 from lexecon_core.keys import PublicKey, Signer, b64url
 from lexecon_core.ledger import _schema, _tree
 from lexecon_core.ledger._backend import DURABILITIES, Durability, backend_for
+from lexecon_core.ledger._bundle import write_bundle
 from lexecon_core.ledger._checkpoint import Checkpoint, origin_for, parse_checkpoint, sign_checkpoint
 from lexecon_core.ledger._entry import (
     GENESIS_TYPE,
@@ -409,6 +410,26 @@ class Ledger:
             )
         except SQLAlchemyError as exc:
             raise LedgerError(f"cannot read ledger: {_short(exc)}") from None
+
+    def export(self, path: Path, *, signer: Signer | None = None) -> dict[str, Any]:
+        """Write a signed, self-contained bundle of the whole ledger (a fresh checkpoint covers its tail)."""
+        signer = signer or self._signer
+        if signer is None:
+            raise LedgerError("exporting signs the bundle: this ledger handle has no signing key")
+        self.checkpoint(signer=signer)
+        keys = {**self.published_keys(), signer.kid: signer.public}
+        jwks = {"keys": [k.to_jwk() for k in sorted(keys.values(), key=lambda k: k.kid)]}
+        try:
+            return write_bundle(
+                path,
+                node_id=self.node_id,
+                rows=self._rows(),
+                checkpoints=self._stored_notes(),
+                jwks=jwks,
+                signer=signer,
+            )
+        except OSError as exc:
+            raise LedgerError(f"cannot write {path}: {exc.strerror}") from None
 
     # -- Merkle tree, checkpoints, proofs ---------------------------------------------------------------------------
 
