@@ -731,3 +731,35 @@ def test_cli_verify_ledger_with_a_saved_checkpoint(
     assert data["valid"] is False and data["first_bad_seq"] == 5 and "truncated" in data["reason"]
     code, out, _ = run_cli(capsys, "verify-ledger", "--home", str(cli_home), "--checkpoint", str(saved))
     assert code == 1 and "INVALID" in out
+
+
+def test_a_failed_periodic_checkpoint_does_not_fail_the_durable_append(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    signer = Signer.generate()
+    ledger = Ledger(sqlite_url(tmp_path / "p.db"), node_id="n", signer=signer, checkpoint_interval=2)
+
+    def broken(**kwargs: object) -> None:
+        raise LedgerError("disk full")
+
+    monkeypatch.setattr(ledger, "checkpoint", broken)
+    entry = ledger.append("note", {"x": 1})  # seq 2: a checkpoint is due and fails
+    assert entry.seq == 2
+    assert ledger.get(2) == entry
+    ledger.close()
+
+
+def test_checkpoint_refuses_a_tree_longer_than_the_ledger(tmp_path: Path) -> None:
+    import sqlite3
+
+    signer = Signer.generate()
+    path = tmp_path / "t.db"
+    ledger = Ledger(sqlite_url(path), node_id="n", signer=signer)
+    for i in range(5):
+        ledger.append("note", {"i": i})
+    ledger.checkpoint()
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM ledger_entries WHERE seq > 3")
+    with pytest.raises(LedgerError, match="entries were removed"):
+        ledger.checkpoint()
+    ledger.close()

@@ -1125,3 +1125,13 @@ def _store_request(entry_type: str, data: dict[str, Any], signer: Signer) -> Any
     from lexecon_core.ledger._store import _Request
 
     return _Request(entry_type, data, signer, False)
+
+
+def test_malformed_request_field_fails_alone_in_a_batch(tmp_path: Path) -> None:
+    signer = Signer.generate()
+    ledger = Ledger(sqlite_url(tmp_path / "m.db"), node_id="n", signer=signer)
+    requests = [_store_request("note", {"request": "not a mapping"}, signer), _store_request("note", {"ok": 1}, signer)]
+    ledger._write_batch(requests)
+    assert isinstance(requests[0].error, InvalidRequest)
+    assert requests[1].entry is not None and requests[1].entry.seq == 2
+    ledger.close()

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from sqlalchemy.engine import make_url
 
 from lexecon_core.cli._common import HomeOption, JsonFlag, app, err, out, parse_pairs, print_json
 from lexecon_core.config import load_settings
@@ -34,7 +35,7 @@ def init(
         out.print(
             f"  signing key  {node.keys.active_kid} ({'encrypted' if node.keys.is_encrypted() else 'unencrypted'})"
         )
-        out.print(f"  ledger       {node.settings.ledger_url}")
+        out.print(f"  ledger       {make_url(node.settings.ledger_url).render_as_string(hide_password=True)}")
     finally:
         node.close()
 
@@ -170,7 +171,7 @@ def verify_ledger(
     if as_json:
         print_json(report.to_dict())
     else:
-        _print_report(report)
+        _print_report(report, trusted=trust_checkpoints)
     raise typer.Exit(0 if report.valid else 1)
 
 
@@ -218,11 +219,10 @@ def _run_verify(
         )
 
 
-def _print_report(report: VerificationReport) -> None:
+def _print_report(report: VerificationReport, *, trusted: bool = False) -> None:
     if report.valid:
-        out.print(
-            f"[bold green]valid[/]  {report.entries_verified} entries verified, chain intact, all signatures good"
-        )
+        checked = "signatures after the last checkpoint" if trusted else "all signatures"
+        out.print(f"[bold green]valid[/]  {report.entries_verified} entries verified, chain intact, {checked} good")
     else:
         out.print(f"[bold red]INVALID[/]  first bad entry {report.first_bad_seq}: {report.reason}")
         out.print(f"  entries verified before it: {report.entries_verified}")
@@ -230,5 +230,5 @@ def _print_report(report: VerificationReport) -> None:
     out.print(f"  trusted keys {report.key_source}")
     if report.anchors_checked:
         out.print(f"  anchors      {report.anchors_checked} matched")
-    if report.checkpoints_checked:
+    if report.checkpoints_checked and report.valid:
         out.print(f"  checkpoints  {report.checkpoints_checked} signed, all consistent with the entries")

@@ -43,6 +43,7 @@ def check_tables(reader: Engine) -> None:
         present = set(inspect(reader).get_table_names())
     except SQLAlchemyError as exc:
         raise LedgerError(f"cannot read ledger: {exc}") from None
-    missing = {t.name for t in _schema.metadata.sorted_tables} - present
+    core = {_schema.entries.name, _schema.meta.name, _schema.published_keys.name}  # older revisions lack the rest
+    missing = core - present
     if missing:
         raise LedgerError(f"not a Lexecon ledger (missing tables {sorted(missing)})")

@@ -10,17 +10,18 @@ the machine losing power. Both keep the chain consistent. Database specifics liv
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select
+from sqlalchemy import bindparam, func, insert, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
-from lexecon_core.errors import LedgerError, LexeconError
+from lexecon_core.errors import InvalidRequest, LedgerError, LexeconError
 from lexecon_core.keys import PublicKey, Signer, b64url
 from lexecon_core.ledger import _schema, _tree
 from lexecon_core.ledger._backend import DURABILITIES, Durability, backend_for
@@ -41,6 +42,7 @@ from lexecon_core.ledger._tree import InclusionProof
 from lexecon_core.ledger._verify import StoredRow, VerificationReport, verify_rows
 
 _t = _schema.entries
+logger = logging.getLogger("lexecon.ledger")
 
 _INSERT = insert(_t)
 _COLUMN_NAMES = tuple(c.name for c in _t.c)  # the order of the positional insert parameters
@@ -197,7 +199,10 @@ class Ledger:
         entry = self._append(entry_type, data, signer)
         assert entry is not None
         if self.checkpoint_interval and entry.seq % self.checkpoint_interval == 0:
-            self.checkpoint(signer=signer)
+            try:
+                self.checkpoint(signer=signer)
+            except LedgerError as exc:  # the entry is durable; a missed periodic checkpoint is made up next time
+                logger.warning("periodic checkpoint at entry %d failed: %s", entry.seq, exc)
         return entry
 
     def _append(
@@ -248,6 +253,9 @@ class Ledger:
                     item.entry, row = self._build(item, seq, prev)
                 except LexeconError as exc:  # this request's own data is bad: it alone fails, nothing written
                     item.error = exc
+                    continue
+                except (TypeError, AttributeError, ValueError) as exc:
+                    item.error = InvalidRequest(f"ledger entry data is malformed: {exc}")
                     continue
                 rows.append(row if self._positional else dict(zip(_COLUMN_NAMES, row, strict=True)))
                 seq, prev = seq + 1, item.entry.entry_hash
@@ -446,7 +454,10 @@ class Ledger:
                 table = _schema.checkpoints
                 stored = conn.execute(select(table.c.note).where(table.c.tree_size == edge.size)).scalar()
                 if stored is not None:
-                    return parse_checkpoint(stored)[0]
+                    try:
+                        return parse_checkpoint(stored)[0]
+                    except ValueError as exc:
+                        raise LedgerError(f"the stored checkpoint at size {edge.size} is damaged: {exc}") from None
                 made = sign_checkpoint(
                     signer, origin=origin_for(self.node_id), size=edge.size, root=edge.root(), timestamp=utc_timestamp()
                 )
@@ -470,6 +481,8 @@ class Ledger:
     def _stored_notes(self) -> list[str]:
         table = _schema.checkpoints
         with self._reader.connect() as conn:
+            if not inspect(conn).has_table(table.name):  # a read-only ledger from before checkpoints existed
+                return []
             return [str(n) for n in conn.execute(select(table.c.note).order_by(table.c.tree_size)).scalars()]
 
     def inclusion_proof(self, seq: int, tree_size: int | None = None) -> InclusionProof:

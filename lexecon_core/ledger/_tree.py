@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import and_, insert, select, tuple_, update
 from sqlalchemy.engine import Connection
 
+from lexecon_core.errors import LedgerError
 from lexecon_core.ledger import _schema
 from lexecon_core.ledger._merkle import CompactRange, SubtreeSource, leaf_hash
 
@@ -86,10 +87,15 @@ def _entry_hashes(conn: Connection, after: int, batch: int = 4096) -> Iterator[b
 def grow(conn: Connection) -> CompactRange:
     """Extend the stored tree from its size to the ledger's head; return its right edge (root at the new size)."""
     size = tree_size(conn)
+    head = conn.execute(select(_entries.c.seq).order_by(_entries.c.seq.desc()).limit(1)).scalar() or 0
+    if size > head:
+        raise LedgerError(f"the Merkle tree covers {size} entries but the ledger has {head}: entries were removed")
     if size:
         positions = CompactRange.peak_positions(size)
         rows = conn.execute(select(_t.c.level, _t.c.idx, _t.c.hash).where(tuple_(_t.c.level, _t.c.idx).in_(positions)))
         found = {(r[0], r[1]): bytes(r[2]) for r in rows}
+        if len(found) != len(positions):
+            raise LedgerError("the stored Merkle tree is damaged (missing nodes); the ledger needs inspection")
         edge = CompactRange(size, [found[p] for p in positions])
     else:
         edge = CompactRange()
