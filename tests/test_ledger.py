@@ -770,7 +770,7 @@ def test_cli_verify_does_not_modify_a_ledger_copy(
 
 # == 3. concurrency ==================================================================================================
 
-PER_WORKER = 250
+PER_WORKER = 2_000  # the production-ledger issue: 4 processes x 2,000 appends
 
 
 def _process_worker(home: str, worker: int, count: int, barrier: Any) -> None:

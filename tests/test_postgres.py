@@ -132,18 +132,18 @@ def test_many_processes_append_one_dense_chain(pg_url: str) -> None:
         pass  # creates the schema and the genesis entry
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Barrier(4)
-    workers = [ctx.Process(target=_append_worker, args=(pg_url, "multi", 150, start)) for _ in range(4)]
+    workers = [ctx.Process(target=_append_worker, args=(pg_url, "multi", 2_000, start)) for _ in range(4)]
     for worker in workers:
         worker.start()
     for worker in workers:
-        worker.join(120)
+        worker.join(300)
         assert worker.exitcode == 0
     with Ledger(pg_url, readonly=True) as ledger:
-        assert ledger.count() == 1 + 4 * 150
+        assert ledger.count() == 1 + 4 * 2_000
         seqs = [s for (s,) in sql(pg_url, "SELECT seq FROM ledger_entries ORDER BY seq")]
-        assert seqs == list(range(1, 602))
+        assert seqs == list(range(1, 8_002))
         report = ledger.verify()  # the keys the workers published in the database
-    assert report.valid and report.entries_verified == 601
+    assert report.valid and report.entries_verified == 8_001
 
 
 def test_process_durability_turns_off_synchronous_commit(pg_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
