@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     database_url: str | None = None
     ledger_durability: Literal["fsync", "process"] = "fsync"
     checkpoint_interval: int = Field(default=1000, ge=0, le=10_000_000)
+    retention_days: int = Field(default=3650, ge=1, le=36_500)
     policy_file: Path | None = None
     risk_rules_file: Path | None = None
     token_ttl_seconds: int = Field(default=60, ge=1, le=3600)

@@ -118,6 +118,7 @@ def init_node(
         signer=keys.signer,
         durability=settings.ledger_durability,
         checkpoint_interval=settings.checkpoint_interval,
+        retention_days=settings.retention_days,
     )
     for key in keys.public_keys.values():
         ledger.publish_key(key)
@@ -144,5 +145,6 @@ def open_node(home: str | Path | None = None, *, settings: Settings | None = Non
         signer=keys.signer if signer else None,
         durability=settings.ledger_durability,
         checkpoint_interval=settings.checkpoint_interval,
+        retention_days=settings.retention_days,
     )
     return Node(settings, keys, ledger)

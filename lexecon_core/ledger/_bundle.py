@@ -48,6 +48,7 @@ def _row_json(row: StoredRow) -> str:
             "actor": row.actor,
             "tool": row.tool,
             "outcome": row.outcome,
+            "purged": row.purged,
         },
         separators=(",", ":"),
     )
@@ -172,4 +173,5 @@ def _rows(data: bytes) -> Iterator[StoredRow]:
             item.get("actor"),
             item.get("tool"),
             item.get("outcome"),
+            bool(item.get("purged", False)),
         )

@@ -25,6 +25,7 @@ SIGNATURE_TAG = b"lexecon:ledger:sig:v1\x00"
 GENESIS_TAG = b"lexecon:ledger:genesis:v1\x00"
 BODY_VERSION = 1
 GENESIS_TYPE = "ledger_genesis"  # the type of entry 1 of every ledger
+TOMBSTONE_TYPE = "entries_purged"  # records a retention purge; covers the purged entries' sequence numbers
 
 
 def genesis_hash(node_id: str) -> bytes:

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, Integer, LargeBinary, MetaData, SmallInteger, String, Table, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    false,
+)
 
 metadata = MetaData()
 
@@ -23,6 +36,8 @@ entries = Table(
     Column("actor", String(256), nullable=True),
     Column("tool", String(256), nullable=True),
     Column("outcome", String(16), nullable=True),
+    # Set when retention purged the body (and the copied columns); hash, links and signature stay and still verify.
+    Column("purged", Boolean, nullable=False, server_default=false()),
     Index("ix_ledger_entries_decision_id", "decision_id"),
     Index("ix_ledger_entries_actor", "actor"),
     Index("ix_ledger_entries_tool", "tool"),

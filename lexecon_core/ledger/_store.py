@@ -14,6 +14,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,13 @@ from sqlalchemy.pool import PoolProxiedConnection
 
 from lexecon_core.errors import InvalidRequest, LedgerError, LexeconError
 from lexecon_core.keys import PublicKey, Signer, b64url
-from lexecon_core.ledger import _schema, _tree
+from lexecon_core.ledger import _retention, _schema, _tree
 from lexecon_core.ledger._backend import DURABILITIES, Durability, backend_for
 from lexecon_core.ledger._bundle import write_bundle
 from lexecon_core.ledger._checkpoint import Checkpoint, origin_for, parse_checkpoint, sign_checkpoint
 from lexecon_core.ledger._entry import (
     GENESIS_TYPE,
+    TOMBSTONE_TYPE,
     LedgerEntry,
     entry_hash,
     genesis_hash,
@@ -38,6 +40,7 @@ from lexecon_core.ledger._entry import (
 )
 from lexecon_core.ledger._merkle import consistency_proof, inclusion_proof, range_hash
 from lexecon_core.ledger._migrate import check_tables, ensure_schema
+from lexecon_core.ledger._retention import DEFAULT_RETENTION_DAYS
 from lexecon_core.ledger._tree import InclusionProof
 from lexecon_core.ledger._verify import StoredRow, VerificationReport, verify_rows
 
@@ -60,6 +63,7 @@ _ROW_COLUMNS = (
     _t.c.actor,
     _t.c.tool,
     _t.c.outcome,
+    _t.c.purged,
 )
 
 
@@ -96,6 +100,7 @@ class Ledger:
         readonly: bool = False,
         durability: Durability = "fsync",
         checkpoint_interval: int = 0,
+        retention_days: int = DEFAULT_RETENTION_DAYS,
     ) -> None:
         self.url = url
         self._signer = signer
@@ -105,6 +110,7 @@ class Ledger:
         self._writing = False
         self._conn: PoolProxiedConnection | None = None
         self.checkpoint_interval = checkpoint_interval  # sign a checkpoint every N entries (0: only on demand)
+        self.retention_days = retention_days  # until a retention_policy entry says otherwise
         if durability not in DURABILITIES:
             raise LedgerError(f"unknown ledger durability {durability!r}; expected 'fsync' or 'process'")
         try:
@@ -293,6 +299,7 @@ class Ledger:
             request.get("actor"),
             request.get("tool"),
             data.get("outcome"),
+            False,
         )
         return entry, row
 
@@ -438,6 +445,52 @@ class Ledger:
             )
         except OSError as exc:
             raise LedgerError(f"cannot write {path}: {exc.strerror}") from None
+
+    # -- retention and legal holds (see _retention) ------------------------------------------------------------------
+
+    def set_retention(self, days: int, *, reason: str) -> LedgerEntry:
+        if not 1 <= days <= 36_500:
+            raise LedgerError("retention must be between 1 and 36,500 days")
+        return self.append("retention_policy", {"retention_days": days, "reason": reason})
+
+    def place_hold(self, from_seq: int, to_seq: int, *, reason: str) -> str:
+        if not 1 <= from_seq <= to_seq:
+            raise LedgerError("a legal hold covers entries from_seq..to_seq with 1 <= from_seq <= to_seq")
+        hold_id = _retention.new_hold_id()
+        self.append("legal_hold", {"hold_id": hold_id, "from_seq": from_seq, "to_seq": to_seq, "reason": reason})
+        return hold_id
+
+    def release_hold(self, hold_id: str, *, reason: str) -> LedgerEntry:
+        with self._reader.connect() as conn:
+            _, holds = _retention.state(conn, self.retention_days)
+        if hold_id not in {h.hold_id for h in holds}:
+            raise LedgerError(f"no active legal hold {hold_id!r}")
+        return self.append("legal_hold_released", {"hold_id": hold_id, "reason": reason})
+
+    def purge(self, up_to: int, *, reason: str, now: datetime | None = None) -> LedgerEntry | None:
+        """Remove the bodies of decision entries 2..``up_to`` that are past retention and under no hold, and record
+        the purge as a signed tombstone in the same transaction. Refuses (LedgerError) if any of them may not go."""
+        signer = self._signer
+        if signer is None:
+            raise LedgerError("a purge is signed: this ledger handle has no signing key")
+        try:
+            with self._writer.begin() as conn:  # the write lock: no append interleaves
+                seqs, days = _retention.plan_purge(
+                    conn, up_to, now=now or datetime.now(UTC), default_days=self.retention_days
+                )
+                if not seqs:
+                    return None
+                _retention.erase(conn, seqs)
+                head = conn.execute(_HEAD).first()
+                assert head is not None
+                data = {"from_seq": seqs[0], "to_seq": seqs[-1], "purged": len(seqs), "reason": reason,
+                        "retention_days": days}  # fmt: skip
+                request = _Request(TOMBSTONE_TYPE, data, signer, False)
+                entry, row = self._build(request, int(head[0]) + 1, bytes(head[1]))
+                conn.execute(insert(_t).values(dict(zip(_COLUMN_NAMES, row, strict=True))))
+                return entry
+        except SQLAlchemyError as exc:
+            raise LedgerError(f"purge failed, nothing changed: {_short(exc)}") from None
 
     # -- Merkle tree, checkpoints, proofs ---------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from lexecon_core.keys import PublicKey
 from lexecon_core.ledger._checkpoint import origin_for, verify_checkpoint
-from lexecon_core.ledger._entry import GENESIS_TYPE, entry_hash, genesis_hash, signing_message
+from lexecon_core.ledger._entry import GENESIS_TYPE, TOMBSTONE_TYPE, entry_hash, genesis_hash, signing_message
 from lexecon_core.ledger._merkle import CompactRange, leaf_hash
 
 
@@ -46,6 +46,7 @@ class StoredRow:
     actor: str | None = None
     tool: str | None = None
     outcome: str | None = None
+    purged: bool = False
 
 
 @dataclass(slots=True)
@@ -101,6 +102,10 @@ def _check_links(row: StoredRow, expected_seq: int, prev: bytes) -> _Failure | N
         return _Failure(
             seq, "prev_hash does not link to the previous entry (entry removed, inserted or reordered)", CHAIN
         )
+    if row.purged:  # the body is gone by design; the tombstone that covers it is checked at the end
+        if row.body or any((row.decision_id, row.actor, row.tool, row.outcome)):
+            return _Failure(seq, "a purged entry still carries content", COLUMNS)
+        return None
     if entry_hash(prev, row.body) != row.entry_hash:
         return _Failure(seq, "entry_hash does not match the stored body (body edited)", CHAIN)
     return None
@@ -109,7 +114,7 @@ def _check_links(row: StoredRow, expected_seq: int, prev: bytes) -> _Failure | N
 def _check_chain(row: StoredRow, expected_seq: int, prev: bytes, node_id: str) -> _Failure | None:
     """Checks 1-5: everything but the signature. Cheap, and inherently sequential."""
     failure = _check_links(row, expected_seq, prev)
-    if failure is not None:
+    if failure is not None or row.purged:
         return failure
     seq = row.seq
     try:
@@ -178,6 +183,8 @@ def verify_rows(
     roots, failures = _trusted_roots(checkpoints, node_id, keys)
     tree = CompactRange()
     covered = max(roots, default=0) if trust_checkpoints else 0
+    purged: list[int] = []  # entries whose body was purged: each must fall in a signed tombstone's range
+    tombstones: list[tuple[int, int]] = []
     batch: _Pending = []
     threads = workers if workers is not None else min(os.cpu_count() or 1, 8)
     with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
@@ -193,6 +200,10 @@ def verify_rows(
                     failures.append(failure)
                     break
                 anchors_checked += row.seq in wanted
+                if row.purged:
+                    purged.append(row.seq)
+                elif row.entry_type == TOMBSTONE_TYPE:
+                    tombstones.append(_tombstone_range(row.body))
                 tree.push(leaf_hash(row.entry_hash))
                 expected_root = roots.get(tree.size)
                 if expected_root is not None and expected_root != tree.root():
@@ -216,6 +227,10 @@ def verify_rows(
                 failures.append(failure)
                 break
             anchors_checked += row.seq in wanted
+            if row.purged:
+                purged.append(row.seq)
+            elif row.entry_type == TOMBSTONE_TYPE:
+                tombstones.append(_tombstone_range(row.body))
             tree.push(leaf_hash(row.entry_hash))
             expected_root = roots.get(tree.size)
             if expected_root is not None and expected_root != tree.root():
@@ -245,6 +260,10 @@ def verify_rows(
                 failures.append(_Failure(1, f"ledger is empty: no {GENESIS_TYPE} entry", CHAIN))
         if batch:
             futures.append(pool.submit(_check_signatures, batch))
+        unaccounted = [s for s in purged if not any(lo <= s <= hi for lo, hi in tombstones)]
+        if unaccounted:
+            reason = "entry body removed without a signed tombstone (purge not recorded)"
+            failures.append(_Failure(unaccounted[0], reason, CHAIN))
         failures.extend(f for f in (fut.result() for fut in futures) if f is not None)
     if progress is not None:
         progress(count)
@@ -275,6 +294,14 @@ def verify_rows(
         anchors_checked=anchors_checked,
         checkpoints_checked=len(roots),
     )
+
+
+def _tombstone_range(body: bytes) -> tuple[int, int]:
+    try:
+        data = json.loads(body).get("data") or {}
+        return int(data["from_seq"]), int(data["to_seq"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return (0, -1)  # an unreadable tombstone covers nothing
 
 
 def _trusted_roots(
