@@ -286,6 +286,23 @@ class LocalGovernor:
     def verify_ledger(self) -> VerificationReport:
         return self._node.ledger.verify(self.public_keys, key_source=f"node keys in {self._node.paths.keys}")
 
+    def receipt(self, decision: Decision | int) -> dict[str, Any]:
+        """Everything an auditor needs to check a decision offline: its ledger entry (exact stored body, hash,
+        signature) and, once a signed checkpoint covers it, its inclusion proof and that checkpoint."""
+        seq = decision.ledger_entry_id if isinstance(decision, Decision) else int(decision)
+        ledger = self._node.ledger
+        entry = ledger.get(seq)
+        if entry is None:
+            raise LedgerError(f"no ledger entry {seq}")
+        covering = [c for c in ledger.checkpoints() if c.size >= seq]
+        proof = ledger.inclusion_proof(seq, covering[-1].size).to_dict() if covering else None
+        return {
+            "entry": entry.to_dict(),
+            "inclusion_proof": proof,
+            "checkpoint": covering[-1].note if covering else None,
+            "jwks": self.jwks(),
+        }
+
     def load_policy(self, path: str | Path) -> PolicyEngine:
         """Validate a policy file, record it in the ledger, and decide by it from now on."""
         engine, _ = self._node.load_policy_file(path)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from lexecon_core import LocalGovernor, init_node
 
@@ -51,3 +54,37 @@ def governor(home: Path) -> Iterator[LocalGovernor]:
     gov = LocalGovernor(home)
     yield gov
     gov.close()
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------------------------
+
+BASE_URL = os.environ.get("LEXECON_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def _conninfo(url: str) -> str:
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards."""
+    import psycopg  # the `postgres` extra, part of `dev`
+
+    try:
+        admin = psycopg.connect(_conninfo(BASE_URL), autocommit=True, connect_timeout=3)
+    except psycopg.Error as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is required under CI=true and is not reachable at {BASE_URL}: {exc}")
+        pytest.skip(f"no PostgreSQL at {BASE_URL}")
+    schema = f"lexecon_test_{uuid.uuid4().hex[:12]}"
+    admin.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield (
+            make_url(BASE_URL)
+            .update_query_dict({"options": f"-csearch_path={schema}"})
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.close()

@@ -763,3 +763,23 @@ def test_checkpoint_refuses_a_tree_longer_than_the_ledger(tmp_path: Path) -> Non
     with pytest.raises(LedgerError, match="entries were removed"):
         ledger.checkpoint()
     ledger.close()
+
+
+def test_receipt_carries_the_inclusion_proof_once_a_checkpoint_covers_it(governor: LocalGovernor) -> None:
+    decision = governor.decide({"actor": "ai_agent:a", "tool": "search", "tool_args": {"q": "r"}})
+    early = governor.receipt(decision)
+    assert early["entry"]["entry_hash"] == decision.ledger_entry_hash
+    assert early["inclusion_proof"] is None and early["checkpoint"] is None
+    governor.node.ledger.checkpoint()
+    receipt = governor.receipt(decision)
+    proof = receipt["inclusion_proof"]
+    checkpoint = verify_checkpoint(receipt["checkpoint"], governor.public_keys)
+    assert proof["tree_size"] == checkpoint.size
+    assert verify_inclusion(
+        leaf_hash(bytes.fromhex(decision.ledger_entry_hash)),
+        proof["leaf_index"],
+        checkpoint.size,
+        [bytes.fromhex(h) for h in proof["hashes"]],
+        checkpoint.root,
+    )
+    assert receipt["jwks"]["keys"]

@@ -33,8 +33,15 @@ while True:
 """
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path / "crash.db")
+    return str(request.getfixturevalue("pg_url"))
+
+
 @pytest.mark.parametrize("durability", ["fsync", "process"])
-def test_sigkill_mid_append_loses_nothing_returned(tmp_path: Path, durability: str) -> None:
+def test_sigkill_mid_append_loses_nothing_returned(ledger_url: str, durability: str) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -43,7 +50,7 @@ def test_sigkill_mid_append_loses_nothing_returned(tmp_path: Path, durability: s
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
     ).hex()
     signer = Signer(private)
-    url = sqlite_url(tmp_path / "crash.db")
+    url = ledger_url
     Ledger(url, node_id="crash", signer=signer).close()
     rng = random.Random(1234)
     acknowledged = 0

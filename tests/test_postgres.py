@@ -9,48 +9,18 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from conftest import TEST_POLICY
+from conftest import BASE_URL, TEST_POLICY, _conninfo
 from sqlalchemy.engine import make_url
 
 from lexecon_core import LocalGovernor, init_node, load_settings
 from lexecon_core.cli import main as cli_main
 from lexecon_core.ledger import Ledger
 from lexecon_core.ledger._migrate import SCHEMA_REVISION
-
-BASE_URL = os.environ.get("LEXECON_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-
-
-def _conninfo(url: str) -> str:
-    parsed = make_url(url)
-    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    try:
-        admin = psycopg.connect(_conninfo(BASE_URL), autocommit=True, connect_timeout=3)
-    except psycopg.Error as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"PostgreSQL is required under CI=true and is not reachable at {BASE_URL}: {exc}")
-        pytest.skip(f"no PostgreSQL at {BASE_URL}")
-    schema = f"lexecon_test_{uuid.uuid4().hex[:12]}"
-    admin.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield (
-            make_url(BASE_URL)
-            .update_query_dict({"options": f"-csearch_path={schema}"})
-            .render_as_string(hide_password=False)
-        )
-    finally:
-        admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.close()
 
 
 @pytest.fixture
@@ -153,3 +123,68 @@ def test_process_durability_turns_off_synchronous_commit(pg_home: Path, monkeypa
         assert db.execute("SHOW synchronous_commit").fetchone()[0] == "off"
         assert governor.decide({"actor": "ai_agent:a", "tool": "search"}).approved
         assert governor.verify_ledger().valid
+
+
+def _foreign_resign(pg_url: str, seq: int) -> None:
+    from lexecon_core.keys import Signer
+
+    stranger = Signer.generate()
+    (digest,) = sql(pg_url, "SELECT entry_hash FROM ledger_entries WHERE seq = %s", seq)[0]
+    signature = stranger.sign(b"lexecon:ledger:sig:v1\x00" + bytes(digest))
+    sql(pg_url, "UPDATE ledger_entries SET signature = %s, kid = %s WHERE seq = %s", signature, stranger.kid, seq)
+
+
+TAMPERS = {
+    "edited body": (
+        "UPDATE ledger_entries SET body = convert_to(replace(convert_from(body, 'UTF8'), 'search', 'seerch'), 'UTF8')"
+        " WHERE seq = 4",
+        4,
+        "body edited",
+    ),
+    "deleted entry": ("DELETE FROM ledger_entries WHERE seq = 4", 4, "gap"),
+    "reordered entries": (
+        "UPDATE ledger_entries SET body = CASE seq WHEN 4 THEN (SELECT body FROM ledger_entries WHERE seq = 5)"
+        " ELSE (SELECT body FROM ledger_entries WHERE seq = 4) END WHERE seq IN (4, 5)",
+        4,
+        "body edited",
+    ),
+    "inserted entry": (
+        "INSERT INTO ledger_entries (seq, entry_type, created_at, body, prev_hash, entry_hash, kid, signature,"
+        " decision_id, actor, tool, outcome, purged) SELECT 7, entry_type, created_at, body, prev_hash,"
+        " sha256(random()::text::bytea), kid, signature, decision_id, actor, tool, outcome, purged"
+        " FROM ledger_entries WHERE seq = 4",
+        7,
+        "prev_hash does not link",
+    ),
+    "edited column": ("UPDATE ledger_entries SET outcome = 'denied' WHERE seq = 4", 4, "copied columns"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TAMPERS))
+def test_tamper_classes_on_postgres(pg_home: Path, pg_url: str, name: str) -> None:
+    with LocalGovernor(pg_home) as governor:
+        for i in range(4):
+            governor.decide({"actor": "ai_agent:a", "tool": "search", "tool_args": {"q": i}})
+    statement, first_bad, words = TAMPERS[name]
+    sql(pg_url, statement)
+    with LocalGovernor(pg_home) as governor:
+        report = governor.verify_ledger()
+    assert not report.valid
+    assert report.first_bad_seq == first_bad
+    assert words in (report.reason or "")
+
+
+def test_foreign_key_and_truncation_on_postgres(pg_home: Path, pg_url: str) -> None:
+    with LocalGovernor(pg_home) as governor:
+        for i in range(4):
+            governor.decide({"actor": "ai_agent:a", "tool": "search", "tool_args": {"q": i}})
+        note = governor.node.ledger.checkpoint().note
+    _foreign_resign(pg_url, 3)
+    with LocalGovernor(pg_home) as governor:
+        report = governor.verify_ledger()
+    assert not report.valid and report.first_bad_seq == 3 and "unknown key" in (report.reason or "")
+    sql(pg_url, "DELETE FROM ledger_entries WHERE seq >= 3")
+    sql(pg_url, "DELETE FROM ledger_checkpoints")
+    with LocalGovernor(pg_home) as governor:
+        kept = governor.node.ledger.verify(governor.public_keys, checkpoints=[note])
+    assert not kept.valid and "truncated" in (kept.reason or "")
