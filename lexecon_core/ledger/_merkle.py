@@ -188,7 +188,7 @@ class CompactRange:
         peaks = self._peaks
         value, index = leaf, self.size
         while index & 1:
-            value = node_hash(peaks.pop(), value)
+            value = hashlib.sha256(b"\x01" + peaks.pop() + value).digest()  # node_hash, inline
             index >>= 1
         peaks.append(value)
         self.size += 1

@@ -385,7 +385,10 @@ class Ledger:
             finally:
                 raw.close()
             for r in page:
-                yield StoredRow(r[0], r[1], _blob(r[2]), _blob(r[3]), _blob(r[4]), r[5], _blob(r[6]), *r[7:])
+                if type(r[2]) is bytes and type(r[3]) is bytes and type(r[4]) is bytes and type(r[6]) is bytes:
+                    yield StoredRow(*r)  # the usual case: the driver returned bytes
+                else:
+                    yield StoredRow(r[0], r[1], _blob(r[2]), _blob(r[3]), _blob(r[4]), r[5], _blob(r[6]), *r[7:])
             if len(page) < batch:
                 return
             last = page[-1][0]
