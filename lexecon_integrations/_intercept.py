@@ -29,7 +29,15 @@ from lexecon_core import (
 )
 from lexecon_core._canonical import args_digest
 
-__all__ = ["CallDescriber", "ToolCallGuard", "Verdict", "capability_mismatch", "guard_for", "normalise_args"]
+__all__ = [
+    "CallDescriber",
+    "ToolCallGuard",
+    "Verdict",
+    "call_args",
+    "capability_mismatch",
+    "guard_for",
+    "normalise_args",
+]
 
 logger = logging.getLogger("lexecon.integrations")
 
@@ -57,6 +65,15 @@ class Verdict:
             return self.error
         assert self.decision is not None
         return GovernanceDenied(self.decision)
+
+
+def call_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments a wrapped tool body receives, as the dict that is decided on and bound into the token: keyword
+    arguments as they are; a lone positional input as ``{"input": value}``; several as ``arg0``, ``arg1``, ..."""
+    call = dict(kwargs)
+    if args:
+        call.update({"input": args[0]} if len(args) == 1 else {f"arg{i}": a for i, a in enumerate(args)})
+    return call
 
 
 def normalise_args(tool_input: Any) -> dict[str, Any]:

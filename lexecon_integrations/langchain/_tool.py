@@ -12,7 +12,7 @@ from langchain_core.tools import BaseTool, ToolException
 
 from lexecon_core import Governor
 from lexecon_core.capability import use_capability
-from lexecon_integrations._intercept import CallDescriber, ToolCallGuard, Verdict, guard_for
+from lexecon_integrations._intercept import CallDescriber, ToolCallGuard, Verdict, call_args, guard_for
 
 OnDeny = Literal["message", "raise"]
 
@@ -23,14 +23,6 @@ class GovernanceToolException(ToolException):
     def __init__(self, verdict: Verdict) -> None:
         super().__init__(verdict.message)
         self.verdict = verdict
-
-
-def _call_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """The arguments the tool body receives, as the dict that is decided on and bound into the token."""
-    call = dict(kwargs)
-    if args:
-        call.update({"input": args[0]} if len(args) == 1 else {f"arg{i}": a for i, a in enumerate(args)})
-    return call
 
 
 def _forward(method: Any, kwargs: dict[str, Any], config: RunnableConfig, run_manager: Any) -> dict[str, Any]:
@@ -48,14 +40,14 @@ def _forward(method: Any, kwargs: dict[str, Any], config: RunnableConfig, run_ma
 def _governed_class(base: type[BaseTool]) -> type[BaseTool]:
     class Governed(base):  # type: ignore[valid-type,misc]
         def _run(self, *args: Any, config: RunnableConfig, run_manager: Any = None, **kwargs: Any) -> Any:
-            verdict = self._lexecon_guard.check(self.name, _call_args(args, kwargs))
+            verdict = self._lexecon_guard.check(self.name, call_args(args, kwargs))
             if verdict.capability is None:
                 raise self._lexecon_refusal(verdict)
             with use_capability(verdict.capability):
                 return super()._run(*args, **_forward(super()._run, kwargs, config, run_manager))
 
         async def _arun(self, *args: Any, config: RunnableConfig, run_manager: Any = None, **kwargs: Any) -> Any:
-            verdict = await self._lexecon_guard.acheck(self.name, _call_args(args, kwargs))
+            verdict = await self._lexecon_guard.acheck(self.name, call_args(args, kwargs))
             if verdict.capability is None:
                 raise self._lexecon_refusal(verdict)
             with use_capability(verdict.capability):

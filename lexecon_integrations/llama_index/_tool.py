@@ -10,15 +10,7 @@ from llama_index.core.tools.types import AsyncBaseTool
 
 from lexecon_core import Governor
 from lexecon_core.capability import use_capability
-from lexecon_integrations._intercept import CallDescriber, ToolCallGuard, Verdict, guard_for
-
-
-def _call_args(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """Agents call ``acall(**tool_kwargs)``; a lone positional input is decided as ``{"input": value}``."""
-    call = dict(kwargs)
-    if args:
-        call.update({"input": args[0]} if len(args) == 1 else {f"arg{i}": a for i, a in enumerate(args)})
-    return call
+from lexecon_integrations._intercept import CallDescriber, ToolCallGuard, Verdict, call_args, guard_for
 
 
 class GovernedTool(AsyncBaseTool):
@@ -60,7 +52,7 @@ class GovernedTool(AsyncBaseTool):
 
     def _decided_args(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
         # The workflow Context the agent injects is plumbing, not an argument the model chose.
-        return _call_args(args, {k: v for k, v in kwargs.items() if k != self._context_param})
+        return call_args(args, {k: v for k, v in kwargs.items() if k != self._context_param})
 
     def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
         call = self._decided_args(args, kwargs)
