@@ -1135,3 +1135,41 @@ def test_malformed_request_field_fails_alone_in_a_batch(tmp_path: Path) -> None:
     assert isinstance(requests[0].error, InvalidRequest)
     assert requests[1].entry is not None and requests[1].entry.seq == 2
     ledger.close()
+
+
+def test_a_failed_batch_connection_fails_every_caller_with_a_ledger_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lexecon_core import LedgerError
+
+    signer = Signer.generate()
+    ledger = Ledger(sqlite_url(tmp_path / "f.db"), node_id="n", signer=signer)
+
+    def no_connection() -> Any:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(ledger, "_append_dbapi", no_connection)
+    requests = [_store_request("note", {"i": i}, signer) for i in range(3)]
+    ledger._write_batch(requests)
+    assert all(isinstance(r.error, LedgerError) and r.entry is None for r in requests)
+    with pytest.raises(LedgerError, match="unable to open database file"):
+        ledger.append("note", {"x": 1})
+    ledger.close()
+
+
+def test_an_interrupted_waiter_does_not_stall_the_queue(tmp_path: Path) -> None:
+    signer = Signer.generate()
+    ledger = Ledger(sqlite_url(tmp_path / "q.db"), node_id="n", signer=signer)
+    ledger._writing = True  # as if another thread were writing
+    orphan = _store_request("note", {"i": 0}, signer)
+    ledger._queue.append(orphan)
+    ledger._abandon(orphan)  # what an interrupt while queued does
+    assert ledger._queue == []
+    ledger._writing = False
+    woken = _store_request("note", {"i": 1}, signer)
+    ledger._writing = True
+    woken.wake.set()  # made the writer, then interrupted before it took the queue
+    ledger._abandon(woken)
+    assert ledger._writing is False  # the pen was handed on (nobody waiting: released)
+    assert ledger.append("note", {"i": 2}).seq == 2
+    ledger.close()

@@ -39,8 +39,11 @@ def test_purge_past_retention_keeps_the_ledger_verifiable(decided: LocalGovernor
     checkpoint = ledger.checkpoint()
     tombstone = ledger.purge(6, reason="retention expired", now=LATER)
     assert tombstone is not None and tombstone.entry_type == "entries_purged"
+    import hashlib
+
     assert tombstone.data == {"from_seq": 3, "to_seq": 6, "purged": 4, "reason": "retention expired",
-                              "retention_days": 3650}  # fmt: skip
+                              "retention_days": 3650,
+                              "seqs_sha256": hashlib.sha256(b"3,4,5,6").hexdigest()}  # fmt: skip
     state = rows(home)
     assert [r[3] for r in state[:9]] == [0, 0, 1, 1, 1, 1, 0, 0, 0]  # genesis and policy are never purged
     assert all(length == 0 for _, _, length, purged in state if purged)
@@ -102,3 +105,19 @@ def test_settings_default_retention(tmp_path: Path) -> None:
     assert ledger.purge(2, reason="later", now=datetime.now(UTC) + timedelta(days=2)) is not None
     assert ledger.verify({signer.kid: signer.public}).valid
     ledger.close()
+
+
+def test_blanking_a_governance_entry_inside_a_tombstone_range_is_caught(decided: LocalGovernor, home: Path) -> None:
+    """A hold between two purged decisions sits inside the tombstone's range; erasing it must not pass."""
+    ledger = decided.node.ledger
+    hold = ledger.place_hold(100, 200, reason="future litigation")  # entry 9, covering entries not yet written
+    decided.decide({"actor": "ai_agent:a", "tool": "search", "tool_args": {"q": "x"}})  # entry 10
+    assert ledger.purge(10, reason="expired", now=LATER) is not None  # tombstone covers 3..10, hold at 9 kept
+    assert decided.verify_ledger().valid
+    with sqlite3.connect(home / "ledger.db") as db:  # the attacker blanks the hold and marks it purged
+        db.execute("UPDATE ledger_entries SET body = x'', purged = 1 WHERE seq = 9")
+    report = decided.verify_ledger()
+    assert not report.valid and report.first_bad_seq == 3
+    assert "differ from those the tombstone signed" in (report.reason or "")
+    with pytest.raises(LedgerError, match="has been erased"):
+        ledger.release_hold(hold, reason="gone")

@@ -9,11 +9,15 @@ Verification rejects any purged entry no tombstone covers.
     retention_policy       {"retention_days": N, "reason": ...}           the latest one is in force
     legal_hold             {"hold_id", "from_seq", "to_seq", "reason"}     entries in range may not be purged...
     legal_hold_released    {"hold_id", "reason"}                          ...until the hold is released
-    entries_purged         {"from_seq", "to_seq", "purged", "reason", "retention_days"}
+    entries_purged         {"from_seq", "to_seq", "purged", "seqs_sha256", "reason", "retention_days"}
+
+``seqs_sha256`` binds the exact set of purged sequence numbers (SHA-256 of them in ascending order, comma-separated),
+so no other entry in the tombstone's range can later be blanked and passed off as purged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from dataclasses import dataclass
@@ -39,6 +43,10 @@ class Hold:
     reason: str
 
 
+def seqs_digest(seqs: list[int]) -> str:
+    return hashlib.sha256(",".join(str(s) for s in sorted(seqs)).encode()).hexdigest()
+
+
 def new_hold_id() -> str:
     return f"hold_{uuid.uuid4().hex[:16]}"
 
@@ -51,13 +59,14 @@ def _data(body: bytes) -> dict[str, object]:
 def state(conn: Connection, default_days: int) -> tuple[int, list[Hold]]:
     """The retention in force and the active holds, read from the ledger's own entries."""
     rows = conn.execute(
-        select(_t.c.entry_type, _t.c.body)
+        select(_t.c.seq, _t.c.entry_type, _t.c.body, _t.c.purged)
         .where(_t.c.entry_type.in_(("retention_policy", "legal_hold", "legal_hold_released")))
-        .where(_t.c.purged.is_(False))
         .order_by(_t.c.seq)
     )
     days, holds = default_days, {}
-    for entry_type, body in rows:
+    for seq, entry_type, body, purged in rows:
+        if purged:  # governance entries are never purged: this one was blanked behind the ledger's back
+            raise LedgerError(f"retention record {seq} has been erased; refusing to act on retention or holds")
         data = _data(bytes(body))
         if entry_type == "retention_policy":
             days = int(str(data["retention_days"]))

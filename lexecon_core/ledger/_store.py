@@ -223,7 +223,11 @@ class Ledger:
             lead = not self._writing
             self._writing = True
         if not lead:
-            request.wake.wait()
+            try:
+                request.wake.wait()
+            except BaseException:  # interrupted while queued: leave no orphan behind to stall the queue
+                self._abandon(request)
+                raise
             lead = not request.done  # woken to write, not because its entry was written
         if lead:
             with self._queue_lock:
@@ -232,22 +236,36 @@ class Ledger:
                 self._write_batch(batch)
             finally:
                 for item in batch:
+                    if item.entry is None and item.error is None and not item.only_if_empty:
+                        item.error = LedgerError("ledger write did not complete")  # never a silent non-answer
                     item.done = True
                     if item is not request:
                         item.wake.set()
-                with self._queue_lock:
-                    if self._queue:
-                        self._queue[0].wake.set()  # the next writer; it takes everything queued by then
-                    else:
-                        self._writing = False
+                self._hand_over()
         if request.error is not None:
             raise request.error
         return request.entry
 
+    def _hand_over(self) -> None:
+        with self._queue_lock:
+            if self._queue:
+                self._queue[0].wake.set()  # the next writer; it takes everything queued by then
+            else:
+                self._writing = False
+
+    def _abandon(self, request: _Request) -> None:
+        with self._queue_lock:
+            if request in self._queue:
+                self._queue.remove(request)
+                return
+        if request.wake.is_set() and not request.done:  # it had just been made the writer: pass that on
+            self._hand_over()
+
     def _write_batch(self, batch: list[_Request]) -> None:
-        db = self._append_dbapi()
-        cursor = db.cursor()
+        cursor = None
         try:
+            db = self._append_dbapi()
+            cursor = db.cursor()
             cursor.execute(self._backend.lock_sql)  # the write lock before reading the head: no fork, no gap
             head = cursor.execute(self._head_sql).fetchone()
             seq, prev = (head[0] + 1, bytes(head[1])) if head else (1, genesis_hash(self.node_id))
@@ -270,12 +288,15 @@ class Ledger:
             db.commit()  # durable (to the chosen level) when this returns
         except BaseException as exc:
             self._abort_append()
-            error = LedgerError(f"ledger write failed: {_short(exc)}") if isinstance(exc, self._backend.errors) else exc
+            error = LedgerError(f"ledger write failed: {_short(exc)}")
             for item in batch:  # the transaction is gone: no entry of this batch exists
                 item.entry = None
                 item.error = item.error or error
+            if not isinstance(exc, (*self._backend.errors, SQLAlchemyError)):
+                raise  # an interrupt or a bug: the writing thread sees the original, the others a LedgerError
         finally:
-            cursor.close()
+            if cursor is not None:
+                cursor.close()
 
     def _build(self, item: _Request, seq: int, prev: bytes) -> tuple[LedgerEntry, tuple[Any, ...]]:
         data, signer = item.data, item.signer
@@ -486,7 +507,8 @@ class Ledger:
                 _retention.erase(conn, seqs)
                 head = conn.execute(_HEAD).first()
                 assert head is not None
-                data = {"from_seq": seqs[0], "to_seq": seqs[-1], "purged": len(seqs), "reason": reason,
+                data = {"from_seq": seqs[0], "to_seq": seqs[-1], "purged": len(seqs),
+                        "seqs_sha256": _retention.seqs_digest(seqs), "reason": reason,
                         "retention_days": days}  # fmt: skip
                 request = _Request(TOMBSTONE_TYPE, data, signer, False)
                 entry, row = self._build(request, int(head[0]) + 1, bytes(head[1]))
@@ -494,6 +516,8 @@ class Ledger:
                 return entry
         except SQLAlchemyError as exc:
             raise LedgerError(f"purge failed, nothing changed: {_short(exc)}") from None
+        except (ValueError, KeyError, TypeError) as exc:  # a damaged retention or hold entry: refuse, change nothing
+            raise LedgerError(f"purge refused, the ledger's retention records are unreadable: {exc}") from None
 
     # -- Merkle tree, checkpoints, proofs ---------------------------------------------------------------------------
 

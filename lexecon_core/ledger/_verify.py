@@ -191,8 +191,8 @@ def verify_rows(
     roots, failures = _trusted_roots(checkpoints, node_id, keys)
     tree = CompactRange()
     covered = max(roots, default=0) if trust_checkpoints else 0
-    purged: list[int] = []  # entries whose body was purged: each must fall in a signed tombstone's range
-    tombstones: list[tuple[int, int]] = []
+    purged: list[int] = []  # entries whose body was purged: exactly the set some signed tombstone names
+    tombstones: list[tuple[int, int, str]] = []
     batch: _Pending = []
     threads = workers if workers is not None else min(os.cpu_count() or 1, 8)
     with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
@@ -276,10 +276,9 @@ def verify_rows(
                 failures.append(_Failure(1, f"ledger is empty: no {GENESIS_TYPE} entry", CHAIN))
         if batch:
             futures.append(pool.submit(_check_signatures, batch))
-        unaccounted = [s for s in purged if not any(lo <= s <= hi for lo, hi in tombstones)]
-        if unaccounted:
-            reason = "entry body removed without a signed tombstone (purge not recorded)"
-            failures.append(_Failure(unaccounted[0], reason, CHAIN))
+        failure = _check_purges(purged, tombstones)
+        if failure is not None:
+            failures.append(failure)
         failures.extend(f for f in (fut.result() for fut in futures) if f is not None)
     if progress is not None:
         progress(count)
@@ -312,12 +311,25 @@ def verify_rows(
     )
 
 
-def _tombstone_range(body: bytes) -> tuple[int, int]:
+def _tombstone_range(body: bytes) -> tuple[int, int, str]:
     try:
         data = json.loads(body).get("data") or {}
-        return int(data["from_seq"]), int(data["to_seq"])
+        return int(data["from_seq"]), int(data["to_seq"]), str(data["seqs_sha256"])
     except (ValueError, KeyError, TypeError, AttributeError):
-        return (0, -1)  # an unreadable tombstone covers nothing
+        return (0, -1, "")  # an unreadable tombstone covers nothing
+
+
+def _check_purges(purged: list[int], tombstones: list[tuple[int, int, str]]) -> _Failure | None:
+    """Every purged entry lies in a signed tombstone's range, and each tombstone names exactly the purged entries in
+    its range (by digest): blanking any other entry - a legal hold, say - and marking it purged is caught."""
+    for lo, hi, digest in tombstones:
+        inside = [s for s in purged if lo <= s <= hi]
+        if sha256(",".join(map(str, inside)).encode()).hexdigest() != digest:
+            return _Failure(min(inside, default=lo), "purged entries differ from those the tombstone signed", CHAIN)
+    unaccounted = [s for s in purged if not any(lo <= s <= hi for lo, hi, _ in tombstones)]
+    if unaccounted:
+        return _Failure(unaccounted[0], "entry body removed without a signed tombstone (purge not recorded)", CHAIN)
+    return None
 
 
 def _trusted_roots(
