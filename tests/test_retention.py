@@ -121,3 +121,28 @@ def test_blanking_a_governance_entry_inside_a_tombstone_range_is_caught(decided:
     assert "differ from those the tombstone signed" in (report.reason or "")
     with pytest.raises(LedgerError, match="has been erased"):
         ledger.release_hold(hold, reason="gone")
+
+
+def test_retention_cli(governor: LocalGovernor, capsys: pytest.CaptureFixture[str]) -> None:
+    from lexecon_core.cli import main as cli_main
+
+    home = str(governor.settings.home)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as exited:
+            cli_main(list(argv))
+        captured = capsys.readouterr()
+        return int(exited.value.code or 0), captured.out, captured.err
+
+    governor.decide({"actor": "ai_agent:a", "tool": "search", "tool_args": {"q": 1}})  # entry 3
+    code, _, err = run("ledger", "purge", "--home", home, "--up-to", "3", "--reason", "too early")
+    assert code == 2 and "retention period" in err and err.count("\n") == 1
+    code, out, _ = run("ledger", "hold", "--home", home, "--from", "3", "--to", "3", "--reason", "case 7")
+    hold_id = out.split()[2]
+    assert code == 0 and hold_id.startswith("hold_")
+    code, out, _ = run("ledger", "retention", "--home", home, "--days", "1", "--reason", "test data")
+    assert code == 0 and "1 days" in out
+    code, out, _ = run("ledger", "release", "--home", home, "--hold-id", hold_id, "--reason", "closed")
+    assert code == 0 and f"released {hold_id}" in out
+    code, out, _ = run("verify-ledger", "--home", home, "--json")
+    assert code == 0

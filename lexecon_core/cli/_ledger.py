@@ -119,3 +119,75 @@ def export(
         node.close()
     out.print(f"exported {manifest['entries']} entries of node {manifest['node_id']} to {out_file}")
     out.print(f"  head  {manifest['head_hash']}")
+
+
+ReasonOption = Annotated[str, typer.Option("--reason", min=1, help="Why; recorded in the signed ledger entry.")]
+
+
+@ledger_app.command("retention")
+def retention(
+    days: Annotated[int, typer.Option("--days", min=1, max=36_500, help="Keep decision entries this many days.")],
+    reason: ReasonOption,
+    home: HomeOption = None,
+) -> None:
+    """Record the retention period in force from now on (a signed ledger entry)."""
+    node = open_node(home)
+    try:
+        entry = node.ledger.set_retention(days, reason=reason)
+    finally:
+        node.close()
+    out.print(f"retention set to {days} days (ledger entry {entry.seq})")
+
+
+@ledger_app.command("hold")
+def hold(
+    from_seq: Annotated[int, typer.Option("--from", min=1, help="First entry under the hold.")],
+    to_seq: Annotated[int, typer.Option("--to", min=1, help="Last entry under the hold.")],
+    reason: ReasonOption,
+    home: HomeOption = None,
+) -> None:
+    """Place a legal hold: no entry in the range can be purged until it is released."""
+    node = open_node(home)
+    try:
+        hold_id = node.ledger.place_hold(from_seq, to_seq, reason=reason)
+    finally:
+        node.close()
+    out.print(f"legal hold {hold_id} on entries {from_seq}..{to_seq}")
+
+
+@ledger_app.command("release")
+def release(
+    hold_id: Annotated[str, typer.Option("--hold-id", help="The hold to release.")],
+    reason: ReasonOption,
+    home: HomeOption = None,
+) -> None:
+    """Release a legal hold (a signed ledger entry)."""
+    node = open_node(home)
+    try:
+        entry = node.ledger.release_hold(hold_id, reason=reason)
+    finally:
+        node.close()
+    out.print(f"released {hold_id} (ledger entry {entry.seq})")
+
+
+@ledger_app.command("purge")
+def purge(
+    up_to: Annotated[int, typer.Option("--up-to", min=2, help="Purge decision entries 2..N.")],
+    reason: ReasonOption,
+    home: HomeOption = None,
+) -> None:
+    """Remove the bodies of decision entries past retention and under no hold; leaves a signed tombstone.
+
+    Refuses, changing nothing, if any entry in the range is held or still inside retention.
+    """
+    node = open_node(home)
+    try:
+        tombstone = node.ledger.purge(up_to, reason=reason)
+    finally:
+        node.close()
+    if tombstone is None:
+        out.print("nothing to purge")
+        return
+    data = tombstone.data
+    out.print(f"purged {data['purged']} decision entries in {data['from_seq']}..{data['to_seq']}")
+    out.print(f"  tombstone ledger entry {tombstone.seq}")
