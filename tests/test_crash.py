@@ -59,12 +59,14 @@ def test_sigkill_mid_append_loses_nothing_returned(ledger_url: str, durability: 
             subprocess.Popen([sys.executable, "-c", WRITER, url, seed, durability], stdout=subprocess.PIPE, text=True)
             for _ in range(2)
         ]
-        time.sleep(rng.uniform(0.15, 0.6))
+        # Kill at a random moment once both are appending (start-up time varies from machine to machine).
+        first_lines = [writer.stdout.readline() for writer in writers]  # type: ignore[union-attr]
+        time.sleep(rng.uniform(0.02, 0.3))
         for writer in writers:
             writer.send_signal(signal.SIGKILL)
-        for writer in writers:
+        for writer, first in zip(writers, first_lines, strict=True):
             out, _ = writer.communicate(timeout=30)
-            seqs = [int(line) for line in out.split()]
+            seqs = [int(line) for line in (first + out).split()]
             acknowledged = max([acknowledged, *seqs])
             assert writer.returncode == -signal.SIGKILL
         with Ledger(url, readonly=True) as ledger:
