@@ -783,3 +783,21 @@ def test_receipt_carries_the_inclusion_proof_once_a_checkpoint_covers_it(governo
         checkpoint.root,
     )
     assert receipt["jwks"]["keys"]
+
+
+def test_report_says_whether_checkpoints_are_consistent(governor: LocalGovernor, home: Path) -> None:
+    for i in range(4):
+        governor.decide({"actor": "ai_agent:a", "tool": "search", "tool_args": {"q": i}})
+    ledger = governor.node.ledger
+    ledger.checkpoint()
+    good = governor.verify_ledger().to_dict()
+    assert good["checkpoints_consistent"] is True and good["checkpoints_checked"] == 1
+    with sqlite3.connect(home / "ledger.db") as db:  # an ordinary column edit: not a checkpoint problem
+        db.execute("UPDATE ledger_entries SET outcome = 'denied' WHERE seq = 3")
+    column_only = governor.verify_ledger().to_dict()
+    assert column_only["valid"] is False and column_only["checkpoints_consistent"] is True
+    with sqlite3.connect(home / "ledger.db") as db:
+        db.execute("UPDATE ledger_entries SET outcome = 'approved' WHERE seq = 3")
+        db.execute("DELETE FROM ledger_entries WHERE seq > 4")
+    truncated = governor.verify_ledger().to_dict()
+    assert truncated["valid"] is False and truncated["checkpoints_consistent"] is False

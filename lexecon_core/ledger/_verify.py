@@ -70,6 +70,7 @@ class VerificationReport:
     key_source: str = "trusted keys"
     anchors_checked: int = 0
     checkpoints_checked: int = 0
+    checkpoints_consistent: bool = True
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,6 +84,7 @@ class VerificationReport:
             "key_source": self.key_source,
             "anchors_checked": self.anchors_checked,
             "checkpoints_checked": self.checkpoints_checked,
+            "checkpoints_consistent": self.checkpoints_consistent,
         }
         if not self.valid:
             data["first_bad_seq"] = self.first_bad_seq
@@ -98,6 +100,7 @@ class _Failure:
     seq: int
     reason: str
     kind: str  # CHAIN: the hash chain or a body is broken; SIGNATURE: key or signature; COLUMNS: copied columns
+    checkpoint: bool = False  # the failure is a signed checkpoint's (rejected, contradicted, or longer than the ledger)
 
 
 def _check_links(row: StoredRow, expected_seq: int, prev: bytes) -> _Failure | None:
@@ -224,7 +227,7 @@ def verify_rows(
                 expected_root = roots.get(tree.size)
                 if expected_root is not None and expected_root != tree.root():
                     failures.append(
-                        _Failure(row.seq, "entries disagree with a signed checkpoint (history rewritten)", CHAIN)
+                        _Failure(row.seq, "entries disagree with a signed checkpoint (history rewritten)", CHAIN, True)
                     )
                     break
                 prev = row.entry_hash
@@ -251,7 +254,7 @@ def verify_rows(
             expected_root = roots.get(tree.size)
             if expected_root is not None and expected_root != tree.root():
                 failures.append(
-                    _Failure(row.seq, "entries disagree with a signed checkpoint (history rewritten)", CHAIN)
+                    _Failure(row.seq, "entries disagree with a signed checkpoint (history rewritten)", CHAIN, True)
                 )
                 break
             batch.append((row.seq, key, row.signature, row.entry_hash))  # type: ignore[arg-type]
@@ -267,7 +270,7 @@ def verify_rows(
             beyond = sorted(size for size in roots if size > count)
             if beyond:
                 reason = f"ledger truncated: a signed checkpoint covers {beyond[-1]} entries, the ledger has {count}"
-                failures.append(_Failure(count + 1, reason, CHAIN))
+                failures.append(_Failure(count + 1, reason, CHAIN, True))
             elif missing:
                 failures.append(
                     _Failure(count + 1, f"ledger truncated: anchored entry {missing[-1]} is missing", CHAIN)
@@ -308,6 +311,7 @@ def verify_rows(
         key_source=key_source,
         anchors_checked=anchors_checked,
         checkpoints_checked=len(roots),
+        checkpoints_consistent=not any(f.checkpoint for f in failures),
     )
 
 
@@ -342,10 +346,12 @@ def _trusted_roots(
         try:
             checkpoint = verify_checkpoint(note, keys, origin=origin_for(node_id))
         except ValueError as exc:
-            failures.append(_Failure(_note_size(note), f"checkpoint rejected: {exc}", SIGNATURE))
+            failures.append(_Failure(_note_size(note), f"checkpoint rejected: {exc}", SIGNATURE, True))
             continue
         if roots.setdefault(checkpoint.size, checkpoint.root) != checkpoint.root:
-            failures.append(_Failure(checkpoint.size, "two signed checkpoints of one size disagree (a fork)", CHAIN))
+            failures.append(
+                _Failure(checkpoint.size, "two signed checkpoints of one size disagree (a fork)", CHAIN, True)
+            )
     return roots, failures
 
 
