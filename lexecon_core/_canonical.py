@@ -46,6 +46,9 @@ def args_digest(args: Any) -> str:
     Tool arguments may contain floats (``refund(amount=10.5)``); they are written the way Python's ``json`` writes them
     (shortest round-trip repr). Verifiers in other languages should expect integers or strings for exact reproduction.
     """
+    if isinstance(args, dict) and not all(isinstance(k, str) for k in args):
+        # JSON would turn {1: x} into {"1": x}: two different calls must not share one hash.
+        raise InvalidRequest("tool argument names must be strings")
     try:
         data = _encoder.encode(args).encode("utf-8")
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError (lone surrogates) is a ValueError

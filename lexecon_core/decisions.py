@@ -135,7 +135,7 @@ class LocalGovernor:
         self.settings = self._node.settings
         self.policy = policy if policy is not None else self._node.current_policy()
         self.risk_rules = risk_rules or load_risk_rules(self.settings.risk_rules_file)
-        self.replay_cache = replay_cache or DEFAULT_REPLAY_CACHE
+        self.replay_cache = DEFAULT_REPLAY_CACHE if replay_cache is None else replay_cache  # an empty cache is falsy
         self._issued = IssuedTokens()
         self._rotate_lock = threading.Lock()
 

@@ -37,6 +37,7 @@ __all__ = [
     "verify_token",
 ]
 
+MAX_LEEWAY_SECONDS = 300  # the largest leeway settings allow (config.Settings.token_leeway_seconds)
 TOKEN_TYPE = "lexecon-cap+jwt"  # noqa: S105 - a JOSE "typ" value, not a secret
 _ALGORITHM = "EdDSA"
 _REQUIRED = ["iss", "sub", "aud", "iat", "nbf", "exp", "jti"]
@@ -292,8 +293,12 @@ def check_claims(
     expected_args = args_sha256 if args_sha256 is not None else args_digest(dict(args or {}))
     if not _equal(claims["args_sha256"], expected_args):
         raise TokenError("args_mismatch", "capability token was issued for different arguments")
+    if not isinstance(claims["jti"], str) or not claims["jti"]:
+        raise TokenError("malformed", "capability token jti must be a non-empty string")
     if replay_cache is not None:
-        replay_cache.use(claims["jti"], int(claims["exp"]) + leeway, now=now)
+        # Remember the jti for the longest leeway any verifier may use, not this caller's: verifiers sharing a cache
+        # with different leeways must not reopen a window for replay.
+        replay_cache.use(claims["jti"], int(claims["exp"]) + MAX_LEEWAY_SECONDS, now=now)
     return CapabilityClaims(**{k: claims[k] for k in (*_REQUIRED, *_CUSTOM)}, kid=kid)
 
 

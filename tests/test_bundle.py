@@ -128,3 +128,20 @@ def test_not_a_bundle(tmp_path: Path) -> None:
         archive.writestr("hello.txt", "hi")
     with pytest.raises(LedgerError, match="not a Lexecon ledger bundle"):
         verify_bundle(junk)
+
+
+@pytest.mark.parametrize(
+    ("member", "data"), [("manifest.json", b"[]"), ("manifest.sig", b'{"kid": ["x"]}'), ("jwks.json", b"[]")]
+)
+def test_malformed_bundle_members_are_a_clear_error(
+    bundle: Path, governor: LocalGovernor, member: str, data: bytes
+) -> None:
+    rewrite(bundle, **{member.replace(".", "_"): data})
+    with pytest.raises(LedgerError, match="damaged bundle"):
+        verify_bundle(bundle, governor.public_keys)
+
+
+def test_garbled_entries_fail_the_signed_digest(bundle: Path, governor: LocalGovernor) -> None:
+    rewrite(bundle, entries_jsonl=b"{}\n")
+    report = verify_bundle(bundle, governor.public_keys)
+    assert not report.valid and "entries.jsonl does not match" in (report.reason or "")

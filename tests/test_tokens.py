@@ -653,3 +653,28 @@ def test_governors_in_one_process_share_replay_protection(governor: LocalGoverno
     with LocalGovernor(home) as other, pytest.raises(TokenError) as info:
         other.verify_token(decision.capability_token, tool="search", args={"q": 2})
     assert info.value.reason == "replayed"
+
+
+def test_a_given_empty_replay_cache_is_used(home: Path) -> None:
+    mine = ReplayCache()
+    with LocalGovernor(home, replay_cache=mine) as gov:
+        assert gov.replay_cache is mine
+        decision = gov.decide({"actor": "ai_agent:a", "tool": "search", "tool_args": {"q": 9}})
+        gov.verify_token(decision.capability_token, tool="search", args={"q": 9})  # type: ignore[arg-type]
+    assert len(mine) == 1
+
+
+def test_shared_cache_remembers_for_the_longest_leeway(signer: Signer, keys: dict[str, PublicKey]) -> None:
+    cache = ReplayCache()
+    token = _issue(signer)  # issued at T0, 60 s to live
+    verify_token(token, keys=keys, tool="refund", args={"amount": 10}, leeway=0, replay_cache=cache, now=T0 + 1)
+    with pytest.raises(TokenError) as again:  # a verifier with a bigger leeway, after the first one's window
+        verify_token(token, keys=keys, tool="refund", args={"amount": 10}, leeway=60, replay_cache=cache, now=T0 + 95)
+    assert again.value.reason == "replayed"
+
+
+def test_integer_argument_names_are_refused() -> None:
+    from lexecon_core import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match="argument names must be strings"):
+        args_digest({1: "x"})

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lexecon_core.errors import LedgerError
+from lexecon_core.errors import LedgerError, LexeconError
 from lexecon_core.keys import PublicKey, Signer, jwks_to_keys
 from lexecon_core.ledger._entry import utc_timestamp
 from lexecon_core.ledger._verify import StoredRow, VerificationReport, verify_rows
@@ -115,9 +115,16 @@ def verify_bundle(
     try:
         manifest = json.loads(contents["manifest.json"])
         signature = json.loads(contents["manifest.sig"])
-        bundle_keys = jwks_to_keys(json.loads(contents["jwks.json"]))
+        jwks = json.loads(contents["jwks.json"])
         notes = json.loads(contents["checkpoints.json"])
-    except (ValueError, TypeError) as exc:
+        if not (isinstance(manifest, dict) and isinstance(manifest.get("files"), dict)):
+            raise ValueError("manifest.json is not a bundle manifest")
+        if not (isinstance(signature, dict) and isinstance(signature.get("kid"), str)):
+            raise ValueError("manifest.sig is not a signature record")
+        if not (isinstance(jwks, dict) and isinstance(notes, list)):
+            raise ValueError("jwks.json or checkpoints.json has the wrong shape")
+        bundle_keys = jwks_to_keys(jwks)
+    except (ValueError, TypeError, AttributeError, KeyError, LexeconError) as exc:
         raise LedgerError(f"damaged bundle: {exc}") from None
     if manifest.get("format") != FORMAT:
         raise LedgerError(f"unknown bundle format {manifest.get('format')!r}")
@@ -127,8 +134,12 @@ def verify_bundle(
     node_id = str(manifest.get("node_id"))
     if problem is not None:
         return VerificationReport(False, 0, False, False, 1, problem, key_source=source)
+    try:
+        rows = list(_rows(contents["entries.jsonl"]))
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise LedgerError(f"damaged bundle: entries.jsonl is unreadable ({exc})") from None
     return verify_rows(
-        _rows(contents["entries.jsonl"]),
+        iter(rows),
         node_id=node_id,
         keys=trusted,
         anchors=anchors,
