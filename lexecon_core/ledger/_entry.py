@@ -71,10 +71,6 @@ class LedgerEntry:
         parsed: dict[str, Any] = json.loads(self.body)["data"]
         return parsed
 
-    @property
-    def hash_hex(self) -> str:
-        return self.entry_hash.hex()
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "seq": self.seq,
