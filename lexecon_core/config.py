@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import (
@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 from lexecon_core.errors import ConfigError
+from lexecon_core.ledger._backend import Durability
 from lexecon_core.policy import PolicyMode
 
 __all__ = ["NodeHome", "Settings", "load_settings"]
@@ -40,7 +41,7 @@ class Settings(BaseSettings):
     node_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
     policy_mode: PolicyMode | None = None
     database_url: str | None = None
-    ledger_durability: Literal["fsync", "process"] = "fsync"
+    ledger_durability: Durability = "fsync"
     checkpoint_interval: int = Field(default=1000, ge=0, le=10_000_000)
     retention_days: int = Field(default=3650, ge=1, le=36_500)
     policy_file: Path | None = None

@@ -13,7 +13,7 @@ import hashlib
 import os
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from lexecon_core.errors import KeyStoreError
 
-__all__ = ["KeyRing", "PublicKey", "Signer", "b64url", "jwks_to_keys", "key_id"]
+__all__ = ["KeyRing", "PublicKey", "Signer", "b64url", "jwks_of", "jwks_to_keys", "key_id"]
 
 
 def b64url(data: bytes) -> str:
@@ -116,6 +116,11 @@ class Signer:
         return f"Signer(kid={self.kid!r})"
 
 
+def jwks_of(keys: Iterable[PublicKey]) -> dict[str, Any]:
+    """A JWKS document publishing ``keys``, ordered by kid."""
+    return {"keys": [k.to_jwk() for k in sorted(keys, key=lambda k: k.kid)]}
+
+
 def jwks_to_keys(jwks: Mapping[str, Any]) -> dict[str, PublicKey]:
     """Parse a JWKS; each kid must be the one derived from its key (a swapped key is refused, not trusted)."""
     keys: dict[str, PublicKey] = {}
@@ -163,7 +168,7 @@ class KeyRing:
         return self.signer.kid
 
     def jwks(self) -> dict[str, Any]:
-        return {"keys": [k.to_jwk() for k in sorted(self.public_keys.values(), key=lambda k: k.kid)]}
+        return jwks_of(self.public_keys.values())
 
     # -- storage --------------------------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import typer
 from lexecon_core.cli._common import HomeOption, out, print_json
 from lexecon_core.config import load_settings
 from lexecon_core.errors import ConfigError
-from lexecon_core.keys import KeyRing
+from lexecon_core.keys import KeyRing, jwks_of
 from lexecon_core.node import open_node
 
 keys_app = typer.Typer(help="Publish and rotate signing keys.", no_args_is_help=True)
@@ -20,7 +20,7 @@ def export(home: HomeOption = None) -> None:
     if not settings.paths.keys.is_dir():
         raise ConfigError(f"no keys at {settings.paths.keys}; run `lexecon init` first")
     keys = KeyRing.load_public(settings.paths.keys)
-    print_json({"keys": [k.to_jwk() for k in sorted(keys.values(), key=lambda k: k.kid)]})
+    print_json(jwks_of(keys.values()))
 
 
 @keys_app.command("rotate")

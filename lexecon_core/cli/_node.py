@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -168,11 +168,7 @@ def verify_ledger(
         report = _run_verify(
             ledger, keys, source, anchors, notes, total, show_progress=not as_json, trust_checkpoints=trust_checkpoints
         )
-    if as_json:
-        print_json(report.to_dict())
-    else:
-        _print_report(report, trusted=trust_checkpoints)
-    raise typer.Exit(0 if report.valid else 1)
+    _report_and_exit(report, as_json=as_json, trusted=trust_checkpoints)
 
 
 def _verify_bundle_file(
@@ -180,10 +176,14 @@ def _verify_bundle_file(
 ) -> None:
     keys, source = _trusted_keys(jwks, "", None) if jwks is not None else (None, "")
     report = verify_bundle(path, keys, key_source=source or None, anchors=anchors, checkpoints=notes)
+    _report_and_exit(report, as_json=as_json)
+
+
+def _report_and_exit(report: VerificationReport, *, as_json: bool, trusted: bool = False) -> NoReturn:
     if as_json:
         print_json(report.to_dict())
     else:
-        _print_report(report)
+        _print_report(report, trusted=trusted)
     raise typer.Exit(0 if report.valid else 1)
 
 

@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
 from lexecon_core.errors import InvalidRequest, LedgerError, LexeconError
-from lexecon_core.keys import PublicKey, Signer, b64url
+from lexecon_core.keys import PublicKey, Signer, b64url, jwks_of
 from lexecon_core.ledger import _retention, _schema, _tree
 from lexecon_core.ledger._backend import DURABILITIES, Durability, backend_for
 from lexecon_core.ledger._bundle import write_bundle
@@ -457,7 +457,7 @@ class Ledger:
             raise LedgerError("exporting signs the bundle: this ledger handle has no signing key")
         self.checkpoint(signer=signer)
         keys = {**self.published_keys(), signer.kid: signer.public}
-        jwks = {"keys": [k.to_jwk() for k in sorted(keys.values(), key=lambda k: k.kid)]}
+        jwks = jwks_of(keys.values())
         try:
             return write_bundle(
                 path,
