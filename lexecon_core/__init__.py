@@ -31,6 +31,7 @@ from lexecon_core.policy import (
     TermType,
     load_policy,
 )
+from lexecon_core.remote import RemoteGovernor
 from lexecon_core.risk import RiskAssessment, RiskLevel, RiskRules, assess
 from lexecon_core.tokens import CapabilityClaims, ReplayCache, issue_token, verify_token
 
@@ -61,6 +62,7 @@ __all__ = [
     "PolicyResult",
     "PolicyTerm",
     "RelationType",
+    "RemoteGovernor",
     "ReplayCache",
     "RiskAssessment",
     "RiskLevel",

@@ -32,24 +32,61 @@ def literal_prefix(pattern: str) -> str:
     return pattern
 
 
+class Glob:
+    """A compiled wildcard pattern, matched in time linear in the value (times the pattern length).
+
+    A regex with one ``.*`` per ``*`` backtracks exponentially on patterns like ``*a*a*a*c`` - a policy author (or a
+    value crafted against a policy) could stall the server. Instead the pattern is split at its stars: the first
+    piece must match at the start, the last at the end, and each piece between is found leftmost-first, which is
+    exact for ``*`` (whatever the earliest placement leaves, a later one cannot improve). Pieces contain only
+    literals and ``?``, so each is a fixed-length search.
+    """
+
+    __slots__ = ("_first", "_last", "_middle", "_min_length", "_star")
+
+    def __init__(self, pattern: str) -> None:
+        pieces = pattern.split("*")
+        self._star = len(pieces) > 1
+        self._first = _piece(pieces[0])
+        self._last = _piece(pieces[-1]) if self._star else None
+        self._middle = tuple(_piece(p)[1] for p in pieces[1:-1] if p)
+        self._min_length = len(pattern) - pattern.count("*")
+
+    def fullmatch(self, value: str) -> bool:
+        first, size = self._first, len(value)
+        if not self._star:
+            return size == first[0] and first[1].match(value) is not None
+        last = self._last
+        assert last is not None
+        if size < self._min_length or first[1].match(value) is None:
+            return False
+        end = size - last[0]
+        if last[1].match(value, end) is None:
+            return False
+        position = first[0]
+        for regex in self._middle:
+            found = regex.search(value, position, end)
+            if found is None:
+                return False
+            position = found.end()
+        return True
+
+
+def _piece(text: str) -> tuple[int, re.Pattern[str]]:
+    """A star-free piece: its length and a regex for it (``?`` is any one character)."""
+    return len(text), re.compile("".join("." if c == "?" else re.escape(c) for c in text), re.DOTALL)
+
+
 @lru_cache(maxsize=4096)
-def compile_pattern(pattern: str) -> re.Pattern[str]:
-    parts = []
-    for char in pattern:
-        if char == "*":
-            parts.append(".*")
-        elif char == "?":
-            parts.append(".")
-        else:
-            parts.append(re.escape(char))
-    return re.compile("".join(parts), re.DOTALL)
+def compile_pattern(pattern: str) -> Glob:
+    return Glob(pattern)
 
 
 def matches(pattern: str, value: str) -> bool:
     """True when ``pattern`` matches the whole of ``value``."""
     if is_literal(pattern):
         return pattern == value
-    return compile_pattern(pattern).fullmatch(value) is not None
+    return compile_pattern(pattern).fullmatch(value)
 
 
 def context_text(value: Any) -> str:
@@ -72,7 +109,7 @@ def matches_any(patterns: Iterable[str], value: str) -> bool:
 class _Wild(Generic[T]):
     item: T
     # None when the pattern is exactly ``prefix*``: everything under the prefix matches, no regex needed.
-    regex: re.Pattern[str] | None
+    glob: Glob | None
 
 
 class PatternIndex(Generic[T]):
@@ -95,8 +132,8 @@ class PatternIndex(Generic[T]):
             return
         prefix = literal_prefix(pattern)
         rest = pattern[len(prefix) :]
-        regex = None if rest == "*" else compile_pattern(pattern)
-        self._wild.setdefault(prefix, []).append(_Wild(item, regex))
+        glob = None if rest == "*" else compile_pattern(pattern)
+        self._wild.setdefault(prefix, []).append(_Wild(item, glob))
         if len(prefix) not in self._prefix_lengths:
             self._prefix_lengths = tuple(sorted((*self._prefix_lengths, len(prefix))))
 
@@ -112,5 +149,5 @@ class PatternIndex(Generic[T]):
             bucket = wild.get(value[:length])
             if bucket:
                 for entry in bucket:
-                    if entry.regex is None or entry.regex.fullmatch(value) is not None:
+                    if entry.glob is None or entry.glob.fullmatch(value):
                         yield entry.item

@@ -50,6 +50,15 @@ class Settings(BaseSettings):
     token_audience: str | None = None
     token_leeway_seconds: int = Field(default=5, ge=0, le=300)
     master_key: SecretStr | None = None
+    # The hosted server (lexecon server); see docs/configuration.md.
+    redis_url: SecretStr | None = None
+    cors_origins: str = Field(default="", description="comma-separated origins allowed by CORS; empty: none")
+    rate_limit_per_second: float = Field(default=100.0, ge=0, description="per API key; 0 disables")
+    rate_limit_burst: int = Field(default=200, ge=1, le=1_000_000)
+    max_request_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+    metrics_public: bool = True
+    api_key_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    policy_sync_seconds: float = Field(default=2.0, ge=0, le=3600, description="0: do not follow the ledger")
 
     @classmethod
     def settings_customise_sources(

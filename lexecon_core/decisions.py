@@ -8,20 +8,21 @@ no approval exists.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
-import time
 import uuid
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lexecon_core._canonical import args_digest, ledger_safe
 from lexecon_core.config import Settings
 from lexecon_core.errors import GovernanceDenied, GovernanceError, InvalidRequest, LedgerError
 from lexecon_core.keys import PublicKey
-from lexecon_core.ledger import VerificationReport
+from lexecon_core.ledger import LedgerEntry, VerificationReport
 from lexecon_core.node import Node, open_node
 from lexecon_core.policy import Outcome, PolicyEngine, PolicyMode
 from lexecon_core.risk import RiskLevel, RiskRules, assess, load_risk_rules
@@ -39,6 +40,9 @@ from lexecon_core.tokens import (
 __all__ = ["Decision", "DecisionRequest", "Governor", "LocalGovernor"]
 
 
+MAX_NESTING = 32
+
+
 class DecisionRequest(BaseModel):
     """A proposed tool call. Field names follow the hosted server's ``POST /decide`` body."""
 
@@ -53,6 +57,29 @@ class DecisionRequest(BaseModel):
     risk_level: RiskLevel | None = Field(default=None, description="declared risk; raises the computed floor")
     policy_mode: PolicyMode | None = Field(default=None, description="may tighten the node's mode, never loosen it")
     context: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("actor", "tool", "proposed_action")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        # Stored in indexed text columns, and PostgreSQL text cannot hold NUL.
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
+    @field_validator("tool_args", "context")
+    @classmethod
+    def _shallow(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Hashing and recording walk these recursively; a bound keeps a crafted request from exhausting the stack.
+        pending: list[tuple[Any, int]] = [(value, 1)]
+        while pending:
+            item, depth = pending.pop()
+            if depth > MAX_NESTING:
+                raise ValueError(f"nested deeper than {MAX_NESTING} levels")
+            if isinstance(item, dict):
+                pending.extend((v, depth + 1) for v in item.values())
+            elif isinstance(item, list | tuple):
+                pending.extend((v, depth + 1) for v in item)
+        return value
 
     @classmethod
     def parse(cls, value: DecisionRequest | Mapping[str, Any]) -> DecisionRequest:
@@ -141,9 +168,27 @@ class LocalGovernor:
 
     # -- the Governor interface -----------------------------------------------------------------------------------
 
-    def decide(self, request: DecisionRequest | Mapping[str, Any]) -> Decision:
+    def decide(
+        self,
+        request: DecisionRequest | Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        principal: str | None = None,
+    ) -> Decision:
+        """Decide a proposed tool call.
+
+        ``idempotency_key``: repeating a request with the same key (and ``principal``) returns the first decision
+        instead of making another - the same decision id, ledger entry and token id - even across processes that
+        share the ledger. ``principal`` (who authenticated the request, e.g. ``apikey:<id>``) is recorded.
+        """
         req = DecisionRequest.parse(request)
         args_sha256 = req.args_sha256
+        # A keyed request's decision id is derived from the key; the ledger writes at most one entry per decision id
+        # (checked under its write lock), and a repeat is answered from that entry.
+        if idempotency_key is not None:
+            decision_id = idempotent_decision_id(idempotency_key, principal)
+        else:
+            decision_id = f"dec_{uuid.uuid4().hex}"
         try:
             risk = assess(
                 tool=req.tool,
@@ -165,7 +210,6 @@ class LocalGovernor:
         except (ValueError, TypeError) as exc:
             raise GovernanceError(f"policy evaluation failed for tool {req.tool!r}: {exc}") from None
 
-        decision_id = f"dec_{uuid.uuid4().hex}"
         approved = result.outcome is Outcome.APPROVED
         jti = uuid.uuid4().hex if approved else None
         escalation_id = f"esc_{decision_id[4:]}" if result.outcome is Outcome.ESCALATED else None
@@ -173,17 +217,7 @@ class LocalGovernor:
             "decision_id": decision_id,
             "outcome": result.outcome.value,
             "reason": result.reason,
-            "request": {
-                "actor": req.actor,
-                "action": req.proposed_action,
-                "tool": req.tool,
-                "args_sha256": args_sha256,
-                "user_intent": req.user_intent,
-                "data_classes": list(req.data_classes),
-                "declared_risk_level": req.risk_level.value if req.risk_level else None,
-                "policy_mode": req.policy_mode.value if req.policy_mode else None,
-                "context": ledger_safe(req.context),
-            },
+            "request": _request_record(req, args_sha256),
             "policy_version": result.policy_version,
             "policy_mode": result.mode.value,
             "matched_relations": [m.to_dict() for m in result.matched],
@@ -191,8 +225,15 @@ class LocalGovernor:
             "token_id": jti,
             "escalation_id": escalation_id,
         }
+        if principal is not None:
+            record["principal"] = principal
         try:
-            entry = self._node.ledger.append("decision", record)
+            if idempotency_key is None:
+                entry = self._node.ledger.append("decision", record)
+            else:
+                entry, created = self._node.ledger.append_once("decision", record)
+                if not created:  # a repeat: the first decision stands
+                    return self._replay(entry, req, args_sha256)
         except LedgerError as exc:
             raise GovernanceError(
                 f"decision for tool {req.tool!r} could not be recorded, so it is refused: {exc}"
@@ -200,26 +241,7 @@ class LocalGovernor:
 
         token = expires = None
         if approved and jti is not None:
-            ttl = self.settings.token_ttl_seconds
-            issued = int(time.time())
-            signer = self._node.keys.signer
-            claims = capability_claims(
-                issuer=self._node.node_id,
-                subject=req.actor,
-                tool=req.tool,
-                args_sha256=args_sha256,
-                decision_id=decision_id,
-                ledger_entry_id=entry.seq,
-                ledger_entry_hash=entry.entry_hash.hex(),
-                policy_version=result.policy_version,
-                ttl_seconds=ttl,
-                audience=self.settings.token_audience,
-                jti=jti,
-                now=issued,
-            )
-            token = sign_claims(signer, claims)
-            self._issued.remember(token, claims, signer.kid)
-            expires = issued + ttl
+            token, expires = self._sign_token(req, entry, decision_id, result.policy_version, jti, _issued_at(entry))
         # Every field below was produced or validated above; skip re-validation on the hot path.
         return Decision.model_construct(
             decision_id=decision_id,
@@ -243,9 +265,76 @@ class LocalGovernor:
             created_at=entry.created_at,
         )
 
-    async def adecide(self, request: DecisionRequest | Mapping[str, Any]) -> Decision:
+    async def adecide(
+        self,
+        request: DecisionRequest | Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        principal: str | None = None,
+    ) -> Decision:
         # The ledger append waits on fsync; keep it off the event loop.
-        return await asyncio.to_thread(self.decide, request)
+        return await asyncio.to_thread(self.decide, request, idempotency_key=idempotency_key, principal=principal)
+
+    def _sign_token(
+        self, req: DecisionRequest, entry: LedgerEntry, decision_id: str, policy_version: str, jti: str, issued: int
+    ) -> tuple[str, int]:
+        ttl = self.settings.token_ttl_seconds
+        signer = self._node.keys.signer
+        claims = capability_claims(
+            issuer=self._node.node_id,
+            subject=req.actor,
+            tool=req.tool,
+            args_sha256=req.args_sha256,
+            decision_id=decision_id,
+            ledger_entry_id=entry.seq,
+            ledger_entry_hash=entry.entry_hash.hex(),
+            policy_version=policy_version,
+            ttl_seconds=ttl,
+            audience=self.settings.token_audience,
+            jti=jti,
+            now=issued,
+        )
+        token = sign_claims(signer, claims)
+        self._issued.remember(token, claims, signer.kid)
+        return token, issued + ttl
+
+    def _replay(self, entry: LedgerEntry, req: DecisionRequest, args_sha256: str) -> Decision:
+        """The decision an earlier request with the same idempotency key got, rebuilt from its ledger entry.
+
+        An approval's token is signed again with the same ``jti`` and the original issue time, so the retry holds
+        the same single-use capability with the same expiry, never a second one.
+        """
+        data = entry.data
+        if data["request"] != _request_record(req, args_sha256):
+            raise InvalidRequest("idempotency key was already used for a different request")
+        outcome = Outcome(data["outcome"])
+        token = expires = None
+        if outcome is Outcome.APPROVED and data.get("token_id"):
+            token, expires = self._sign_token(
+                req, entry, data["decision_id"], data["policy_version"], data["token_id"], _issued_at(entry)
+            )
+        risk = data["risk"]
+        return Decision(
+            decision_id=data["decision_id"],
+            outcome=outcome,
+            reasoning=data["reason"],
+            actor=req.actor,
+            tool=req.tool,
+            args_sha256=args_sha256,
+            risk_level=RiskLevel(risk["level"]),
+            risk_score=risk["score"],
+            risk_dimensions=risk["dimensions"],
+            policy_version=data["policy_version"],
+            policy_mode=PolicyMode(data["policy_mode"]),
+            matched_relations=tuple(m["relation_id"] for m in data["matched_relations"]),
+            ledger_entry_id=entry.seq,
+            ledger_entry_hash=entry.entry_hash.hex(),
+            capability_token=token,
+            token_id=data.get("token_id"),
+            token_expires_at=expires,
+            escalation_id=data.get("escalation_id"),
+            created_at=entry.created_at,
+        )
 
     def verify_token(self, token: str, *, tool: str, args: Mapping[str, Any]) -> CapabilityClaims:
         """Verify (and consume) a capability token from this node for a call of ``tool`` with ``args``.
@@ -321,6 +410,34 @@ class LocalGovernor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _request_record(req: DecisionRequest, args_sha256: str) -> dict[str, Any]:
+    """The request as a decision entry records it (arguments hashed, context made ledger-safe)."""
+    return {
+        "actor": req.actor,
+        "action": req.proposed_action,
+        "tool": req.tool,
+        "args_sha256": args_sha256,
+        "user_intent": req.user_intent,
+        "data_classes": list(req.data_classes),
+        "declared_risk_level": req.risk_level.value if req.risk_level else None,
+        "policy_mode": req.policy_mode.value if req.policy_mode else None,
+        "context": ledger_safe(req.context),
+    }
+
+
+def _issued_at(entry: LedgerEntry) -> int:
+    """A token's ``iat``: its ledger entry's time, so a replayed decision re-signs the very same token."""
+    return int(datetime.fromisoformat(entry.created_at).timestamp())
+
+
+def idempotent_decision_id(idempotency_key: str, principal: str | None = None) -> str:
+    """The decision id a keyed request gets: the same for every retry, different per principal."""
+    if not 1 <= len(idempotency_key) <= 256:
+        raise InvalidRequest("an idempotency key is 1-256 characters")
+    scoped = f"{principal or ''}\x00{idempotency_key}".encode()
+    return f"dec_{hashlib.sha256(scoped).hexdigest()[:32]}"
 
 
 def _stricter(a: PolicyMode | None, b: PolicyMode | None) -> PolicyMode | None:

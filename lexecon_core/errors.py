@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from lexecon_core.decisions import Decision
 
 __all__ = [
+    "AuthError",
     "ConfigError",
     "GovernanceDenied",
     "GovernanceError",
@@ -38,6 +39,10 @@ class KeyStoreError(LexeconError):
 
 class PolicyError(LexeconError):
     """A policy document or term/relation is invalid."""
+
+
+class AuthError(LexeconError):
+    """A credential or role is missing, malformed, unknown or revoked, or an API key operation is invalid."""
 
 
 class InvalidRequest(LexeconError):

@@ -52,11 +52,13 @@ class Node:
 
     def load_policy_file(self, path: str | Path) -> tuple[PolicyEngine, LedgerEntry]:
         """Validate a policy file, record it in the ledger, then make it the node's current policy."""
-        engine = load_policy(path)
+        return self.adopt_policy(load_policy(path), source=Path(path).name)
+
+    def adopt_policy(self, engine: PolicyEngine, *, source: str) -> tuple[PolicyEngine, LedgerEntry]:
+        """Record a validated policy in the ledger, then make it the node's current policy."""
         document = engine.to_document()
         entry = self.ledger.append(
-            "policy_loaded",
-            {"policy_version": engine.version, "source": Path(path).name, "document": document},
+            "policy_loaded", {"policy_version": engine.version, "source": source, "document": document}
         )
         target = self.paths.policy
         tmp = target.with_suffix(".json.tmp")

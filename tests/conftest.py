@@ -88,3 +88,25 @@ def pg_url() -> Iterator[str]:
     finally:
         admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
         admin.close()
+
+
+# -- Redis ---------------------------------------------------------------------------------------------------------
+
+REDIS_URL = os.environ.get("LEXECON_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The test Redis URL, once Redis answers a PING. Tests share the database, so each must use its own key prefix."""
+    import redis  # the `server` extra, part of `dev`
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis is required under CI=true and is not reachable at {REDIS_URL}: {exc}")
+        pytest.skip(f"no Redis at {REDIS_URL}")
+    finally:
+        client.close()
+    return REDIS_URL

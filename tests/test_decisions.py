@@ -201,3 +201,32 @@ def test_no_policy_denies_everything(tmp_path: Path) -> None:
 def test_missing_home_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="lexecon init"):
         LocalGovernor(tmp_path / "nowhere")
+
+
+# -- idempotency ----------------------------------------------------------------------------------------------------
+
+
+def test_an_idempotency_key_answers_repeats_with_the_first_decision(governor: LocalGovernor) -> None:
+    request = {"actor": "ai_agent:a", "tool": "refund", "tool_args": {"amount": 5}, "context": {"ticket": "T-1"}}
+    first = governor.decide(request, idempotency_key="k-1", principal="apikey:x")
+    again = governor.decide(request, idempotency_key="k-1", principal="apikey:x")
+    assert first.approved and again == first  # same id, entry, token (same iat, deterministic signature)
+    assert governor.node.ledger.entries(decision_id=first.decision_id)[0].data["principal"] == "apikey:x"
+    other_principal = governor.decide(request, idempotency_key="k-1", principal="apikey:y")
+    assert other_principal.decision_id != first.decision_id
+    with pytest.raises(InvalidRequest, match="different request"):
+        governor.decide({**request, "context": {"ticket": "T-2"}}, idempotency_key="k-1", principal="apikey:x")
+    with pytest.raises(InvalidRequest, match="1-256"):
+        governor.decide(request, idempotency_key="")
+
+
+def test_concurrent_repeats_of_one_key_make_one_entry(governor: LocalGovernor) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    request = {"actor": "ai_agent:a", "tool": "search", "tool_args": {"q": "x"}}
+    with ThreadPoolExecutor(16) as pool:
+        decisions = list(pool.map(lambda _: governor.decide(request, idempotency_key="same"), range(64)))
+    assert len({d.decision_id for d in decisions}) == 1
+    assert len({d.capability_token for d in decisions}) == 1
+    assert len(governor.node.ledger.entries(decision_id=decisions[0].decision_id)) == 1
+    assert governor.verify_ledger().valid

@@ -124,6 +124,40 @@ def test_compact_range_root_at_every_intermediate_size(n: int, salt: int) -> Non
 
 
 @FAST
+@given(start=st.integers(min_value=0, max_value=300), cuts=st.lists(sizes, max_size=6), salt=salts)
+def test_extend_in_bulk_is_appending_leaf_by_leaf(start: int, cuts: list[int], salt: int) -> None:
+    """The verifier's bulk path: from any size, any run of leaves added at once leaves exactly the compact range that
+    appending them one at a time does (so the root is right at every size where it is asked for)."""
+    leaves = make_leaves(start + sum(cuts), salt)
+    bulk, single = CompactRange(), CompactRange()
+    bulk.extend(leaves[:start])
+    for leaf in leaves[:start]:
+        single.append(leaf)
+    done = start
+    for cut in [0, *cuts]:
+        bulk.extend(leaves[done : done + cut])
+        for leaf in leaves[done : done + cut]:
+            single.append(leaf)
+        done += cut
+        assert (bulk.size, bulk._peaks) == (single.size, single._peaks) == (done, single._peaks)
+        assert bulk.root() == root_of(leaves[:done])
+
+
+@settings(max_examples=10, deadline=None)
+@given(salt=salts)
+def test_extend_from_every_size_by_every_count_up_to_70(salt: int) -> None:
+    leaves = make_leaves(140, salt)
+    roots = [root_of(leaves[:k]) for k in range(141)]
+    for start in range(71):
+        for count in range(71):
+            edge = CompactRange()
+            edge.extend(leaves[:start])
+            edge.extend(leaves[start : start + count])
+            assert edge.size == start + count
+            assert edge.root() == roots[start + count], (start, count)
+
+
+@FAST
 @given(n=sizes, salt=salts, data=st.data())
 def test_range_hash_of_any_prefix_is_that_prefix_root(n: int, salt: int, data: st.DataObject) -> None:
     leaves = make_leaves(n, salt)

@@ -8,7 +8,8 @@ import traceback
 
 import typer
 
-from lexecon_core.cli import _demo, _node  # noqa: F401  (registers commands)
+from lexecon_core.cli import _demo, _node, _server  # noqa: F401  (registers commands)
+from lexecon_core.cli._apikey import apikey_app
 from lexecon_core.cli._common import app, err
 from lexecon_core.cli._keys import keys_app
 from lexecon_core.cli._ledger import ledger_app
@@ -18,6 +19,7 @@ from lexecon_core.errors import LexeconError
 app.add_typer(policy_app, name="policy")
 app.add_typer(keys_app, name="keys")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(apikey_app, name="apikey")
 
 __all__ = ["app", "main"]
 

@@ -27,9 +27,17 @@ def init(
     force: Annotated[
         bool, typer.Option("--force", help="Rewrite the config of an existing home (keys are kept).")
     ] = False,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            help="Keep the ledger in this database (postgresql+psycopg://...); written to config.json.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Create a node home: config, Ed25519 signing key (0600) and an SQLite ledger."""
-    node = init_node(home, node_id=node_id, force=force)
+    """Create a node home: config, Ed25519 signing key (0600) and a ledger (SQLite in the home by default)."""
+    node = init_node(home, node_id=node_id, force=force, database_url=database_url)
     try:
         out.print(f"initialised node [bold]{node.node_id}[/] in {node.paths.root}")
         out.print(

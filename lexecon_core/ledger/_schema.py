@@ -41,6 +41,7 @@ entries = Table(
     Index("ix_ledger_entries_decision_id", "decision_id"),
     Index("ix_ledger_entries_actor", "actor"),
     Index("ix_ledger_entries_tool", "tool"),
+    Index("ix_ledger_entries_entry_type", "entry_type"),
 )
 
 meta = Table(
@@ -76,4 +77,17 @@ checkpoints = Table(
     Column("created_at", String(32), nullable=False),
     Column("kid", String(64), nullable=False),
     Column("note", Text, nullable=False),
+)
+
+# Credentials of agents and services calling the hosted server (lexecon_core.auth). The node's database holds them so
+# every server sharing it agrees on who may call; only a hash of each key is kept.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("key_hash", LargeBinary(32), nullable=False),
+    Column("created_at", String(32), nullable=False),
+    Column("revoked_at", String(32), nullable=True),
 )

@@ -42,7 +42,7 @@ from lexecon_core.ledger._merkle import consistency_proof, inclusion_proof, rang
 from lexecon_core.ledger._migrate import check_tables, ensure_schema
 from lexecon_core.ledger._retention import DEFAULT_RETENTION_DAYS
 from lexecon_core.ledger._tree import InclusionProof
-from lexecon_core.ledger._verify import StoredRow, VerificationReport, verify_rows
+from lexecon_core.ledger._verify import StoredRow, VerificationReport, _blob, stored_row, verify_pages
 
 _t = _schema.entries
 logger = logging.getLogger("lexecon.ledger")
@@ -79,6 +79,8 @@ class _Request:
     data: Mapping[str, Any]
     signer: Signer
     only_if_empty: bool
+    once: str | None = None  # a decision id: write nothing if an entry with it exists, answer with that entry
+    existed: bool = False
     entry: LedgerEntry | None = None
     error: BaseException | None = None
     done: bool = False
@@ -129,6 +131,8 @@ class Ledger:
             if self._positional and list(compiled.positiontup or ()) != list(_COLUMN_NAMES):
                 raise LedgerError("unexpected parameter order in the compiled ledger insert")
             self._insert_sql = str(compiled)
+            find = select(*_FULL).where(_t.c.decision_id == bindparam("d")).order_by(_t.c.seq)
+            self._find_sql = str(find.compile(dialect=self._writer.dialect))
             self.node_id, created = self._bind_node(node_id)
         except SQLAlchemyError as exc:
             raise LedgerError(f"cannot open ledger: {_short(exc)}") from None
@@ -211,13 +215,32 @@ class Ledger:
                 logger.warning("periodic checkpoint at entry %d failed: %s", entry.seq, exc)
         return entry
 
+    def append_once(self, entry_type: str, data: Mapping[str, Any]) -> tuple[LedgerEntry, bool]:
+        """Append unless an entry with ``data["decision_id"]`` exists; return the entry and whether it is new.
+
+        The check runs under the write lock, so concurrent appends of one decision id - retries of one request
+        reaching different processes - leave exactly one entry."""
+        signer = self._signer
+        if signer is None:
+            raise LedgerError("this ledger handle is read-only (no signing key)")
+        request = _Request(entry_type, data, signer, False, once=str(data["decision_id"]))
+        entry = self._append(entry_type, data, signer, request=request)
+        assert entry is not None
+        return entry, not request.existed
+
     def _append(
-        self, entry_type: str, data: Mapping[str, Any], signer: Signer, *, only_if_empty: bool = False
+        self,
+        entry_type: str,
+        data: Mapping[str, Any],
+        signer: Signer,
+        *,
+        only_if_empty: bool = False,
+        request: _Request | None = None,
     ) -> LedgerEntry | None:
         """Group commit: appends that arrive while another thread is writing queue up and go out together in the
         next transaction, under one lock acquisition and one commit. Each caller returns only once its entry is
         durable. A writer hands the pen to the oldest waiting request, so every thread is woken exactly once."""
-        request = _Request(entry_type, data, signer, only_if_empty)
+        request = request or _Request(entry_type, data, signer, only_if_empty)
         with self._queue_lock:
             self._queue.append(request)
             lead = not self._writing
@@ -270,9 +293,15 @@ class Ledger:
             head = cursor.execute(self._head_sql).fetchone()
             seq, prev = (head[0] + 1, bytes(head[1])) if head else (1, genesis_hash(self.node_id))
             rows: list[Any] = []
+            written: dict[str, LedgerEntry] = {}  # decision ids appended once, in this batch
             for item in batch:
                 if item.only_if_empty and seq != 1:  # another writer got there first
                     continue
+                if item.once is not None:
+                    found = written.get(item.once) or self._find(cursor, item.once)
+                    if found is not None:
+                        item.entry, item.existed = found, True
+                        continue
                 try:
                     item.entry, row = self._build(item, seq, prev)
                 except LexeconError as exc:  # this request's own data is bad: it alone fails, nothing written
@@ -282,21 +311,40 @@ class Ledger:
                     item.error = InvalidRequest(f"ledger entry data is malformed: {exc}")
                     continue
                 rows.append(row if self._positional else dict(zip(_COLUMN_NAMES, row, strict=True)))
+                if item.once is not None:
+                    written[item.once] = item.entry
                 seq, prev = seq + 1, item.entry.entry_hash
             if rows:
                 cursor.executemany(self._insert_sql, rows)
             db.commit()  # durable (to the chosen level) when this returns
         except BaseException as exc:
             self._abort_append()
+            database_error = isinstance(exc, (*self._backend.errors, SQLAlchemyError))
+            pending = [item for item in batch if item.error is None]
+            if database_error and len(pending) > 1:
+                # The database refused the batch, perhaps for one request's row: write each request on its own,
+                # so one bad row fails only its own caller (costs a commit each, only on this rare path).
+                for item in pending:
+                    item.entry, item.existed = None, False
+                if cursor is not None:
+                    cursor.close()
+                    cursor = None
+                for item in pending:
+                    self._write_batch([item])
+                return
             error = LedgerError(f"ledger write failed: {_short(exc)}")
             for item in batch:  # the transaction is gone: no entry of this batch exists
                 item.entry = None
                 item.error = item.error or error
-            if not isinstance(exc, (*self._backend.errors, SQLAlchemyError)):
+            if not database_error:
                 raise  # an interrupt or a bug: the writing thread sees the original, the others a LedgerError
         finally:
             if cursor is not None:
                 cursor.close()
+
+    def _find(self, cursor: Any, decision_id: str) -> LedgerEntry | None:
+        row = cursor.execute(self._find_sql, (decision_id,) if self._positional else {"d": decision_id}).fetchone()
+        return _to_entry(row) if row else None
 
     def _build(self, item: _Request, seq: int, prev: bytes) -> tuple[LedgerEntry, tuple[Any, ...]]:
         data, signer = item.data, item.signer
@@ -354,9 +402,14 @@ class Ledger:
             row = conn.execute(_HEAD).first()
         return (int(row[0]), bytes(row[1])) if row else (0, genesis_hash(self.node_id))
 
-    def count(self) -> int:
+    def count(self, *, entry_type: str | None = None, outcome: str | None = None) -> int:
+        query = select(func.count()).select_from(_t)
+        if entry_type is not None:
+            query = query.where(_t.c.entry_type == entry_type)
+        if outcome is not None:
+            query = query.where(_t.c.outcome == outcome)
         with self._reader.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(_t)).scalar() or 0)
+            return int(conn.execute(query).scalar() or 0)
 
     def get(self, seq: int) -> LedgerEntry | None:
         with self._reader.connect() as conn:
@@ -372,24 +425,34 @@ class Ledger:
         actor: str | None = None,
         tool: str | None = None,
         outcome: str | None = None,
+        decision_id: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
         newest_first: bool = False,
     ) -> list[LedgerEntry]:
         """Entries with ``seq > after`` matching every given filter, oldest first unless ``newest_first``."""
         query = select(*_FULL).where(_t.c.seq > after)
-        for column, value in (("entry_type", entry_type), ("actor", actor), ("tool", tool), ("outcome", outcome)):
+        filters = {"entry_type": entry_type, "actor": actor, "tool": tool, "outcome": outcome}
+        for column, value in (*filters.items(), ("decision_id", decision_id)):
             if value is not None:
                 query = query.where(_t.c[column] == value)
+        if since is not None:  # timestamps are RFC 3339 UTC with microseconds: they sort as strings
+            query = query.where(_t.c.created_at >= since)
+        if until is not None:
+            query = query.where(_t.c.created_at < until)
         query = query.order_by(_t.c.seq.desc() if newest_first else _t.c.seq)
         if limit is not None:
             query = query.limit(limit)
         with self._reader.connect() as conn:
             return [_to_entry(r) for r in conn.execute(query)]
 
-    def _rows(self, batch: int = 8192) -> Iterator[StoredRow]:
+    def _pages(self, size: int = 1024) -> Iterator[list[Any]]:
+        """Every row, ``_ROW_COLUMNS`` as the driver returns them, a page at a time in ``seq`` order."""
         # Keyset pagination keeps memory flat and never holds a read transaction open for the whole verify. Like
         # the append path, verification drives the driver directly with SQL compiled from the Table: at hundreds
-        # of thousands of rows a second, building a SQLAlchemy Row per entry would be most of the cost.
-        compiled = (select(*_ROW_COLUMNS).where(_t.c.seq > bindparam("after")).order_by(_t.c.seq).limit(batch)).compile(
+        # of thousands of rows a second, building any object per entry would be much of the cost. Pages of ~1,000
+        # rows read faster than larger ones (they stay in the CPU cache until checked).
+        compiled = (select(*_ROW_COLUMNS).where(_t.c.seq > bindparam("after")).order_by(_t.c.seq).limit(size)).compile(
             dialect=self._reader.dialect
         )
         sql, names = str(compiled), list(compiled.positiontup or ())
@@ -405,14 +468,14 @@ class Ledger:
                 raw.rollback()
             finally:
                 raw.close()
-            for r in page:
-                if type(r[2]) is bytes and type(r[3]) is bytes and type(r[4]) is bytes and type(r[6]) is bytes:
-                    yield StoredRow(*r)  # the usual case: the driver returned bytes
-                else:
-                    yield StoredRow(r[0], r[1], _blob(r[2]), _blob(r[3]), _blob(r[4]), r[5], _blob(r[6]), *r[7:])
-            if len(page) < batch:
+            if page:
+                yield page
+            if len(page) < size:
                 return
             last = page[-1][0]
+
+    def _rows(self) -> Iterator[StoredRow]:
+        return (stored_row(values) for page in self._pages() for values in page)
 
     def verify(
         self,
@@ -436,8 +499,8 @@ class Ledger:
             keys, source = self.published_keys(), "keys embedded in the ledger (not independently pinned)"
         try:
             notes = [*self._stored_notes(), *checkpoints]  # raw: a damaged note is a finding, not a crash
-            return verify_rows(
-                self._rows(),
+            return verify_pages(
+                self._pages(),
                 node_id=self.node_id,
                 keys=keys,
                 anchors=anchors,
@@ -608,19 +671,8 @@ _FULL = (
 )
 
 
-def _blob(value: Any) -> bytes:
-    """Stored bytes, whatever type a tampered row now holds: verification must report, never crash."""
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape")
-    if value is None:
-        return b""
-    return bytes(value)
-
-
 def _to_entry(row: Any) -> LedgerEntry:
-    return LedgerEntry(int(row[0]), row[1], row[2], bytes(row[3]), bytes(row[4]), bytes(row[5]), row[6], bytes(row[7]))
+    return LedgerEntry(int(row[0]), row[1], row[2], _blob(row[3]), _blob(row[4]), _blob(row[5]), row[6], _blob(row[7]))
 
 
 def _short(exc: BaseException) -> str:

@@ -18,24 +18,31 @@ disagrees with it was rewritten. The first failure stops verification and is rep
 from __future__ import annotations
 
 import json
+import json.scanner
 import os
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from hashlib import sha256
-from typing import Any
+from itertools import islice
+from operator import attrgetter
+from typing import Any, NamedTuple
+
+from nacl.bindings import crypto_sign_open
+from nacl.exceptions import BadSignatureError
 
 from lexecon_core.keys import PublicKey
 from lexecon_core.ledger._checkpoint import origin_for, verify_checkpoint
 from lexecon_core.ledger._entry import (
     ENTRY_TAG,
     GENESIS_TYPE,
+    SIGNATURE_TAG,
     TOMBSTONE_TYPE,
     entry_hash,
     genesis_hash,
-    signing_message,
 )
-from lexecon_core.ledger._merkle import CompactRange, leaf_hash
+from lexecon_core.ledger._merkle import CompactRange
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,47 +109,98 @@ class _Failure:
     checkpoint: bool = False  # the failure is a signed checkpoint's (rejected, contradicted, or longer than the ledger)
 
 
+Row = Sequence[Any]  # StoredRow's fields in order, as the database driver returned them (so not yet of trusted types)
+_FIELDS = attrgetter(*(f.name for f in fields(StoredRow)))
+_PAGE = 1024  # rows checked together; about what stays in the CPU cache between reading a page and checking it
+
+
+def stored_row(values: Row) -> StoredRow:
+    """A row from the driver as a :class:`StoredRow`, its binary columns as bytes whatever a tampered row holds."""
+    seq, entry_type, body, prev_hash, digest, kid, signature, *rest = values
+    return StoredRow(seq, entry_type, _blob(body), _blob(prev_hash), _blob(digest), kid, _blob(signature), *rest)
+
+
+def _blob(value: Any) -> bytes:
+    """Stored bytes, whatever type a tampered row now holds: verification must report, never crash."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    if value is None:
+        return b""
+    return bytes(value)
+
+
 def _check_links(row: StoredRow, expected_seq: int, prev: bytes) -> _Failure | None:
     """Checks 1-3: the hash chain alone."""
     seq = row.seq
     if seq != expected_seq:
-        kind = "gap" if seq > expected_seq else "repeat or reorder"
-        return _Failure(expected_seq, f"sequence {kind}: expected entry {expected_seq}, found {seq}", CHAIN)
+        return _sequence_failure(seq, expected_seq)
     if row.prev_hash != prev:
-        return _Failure(
-            seq, "prev_hash does not link to the previous entry (entry removed, inserted or reordered)", CHAIN
-        )
+        return _Failure(seq, _UNLINKED, CHAIN)
     if row.purged:  # the body is gone by design; the tombstone that covers it is checked at the end
         if row.body or any((row.decision_id, row.actor, row.tool, row.outcome)):
-            return _Failure(seq, "a purged entry still carries content", COLUMNS)
+            return _Failure(seq, _PURGED_WITH_CONTENT, COLUMNS)
         return None
     if entry_hash(prev, row.body) != row.entry_hash:
-        return _Failure(seq, "entry_hash does not match the stored body (body edited)", CHAIN)
+        return _Failure(seq, _EDITED, CHAIN)
     return None
 
 
-def _check_chain(row: StoredRow, expected_seq: int, prev: bytes, node_id: str) -> _Failure | None:
-    """Checks 1-5: everything but the signature. Cheap, and inherently sequential."""
-    failure = _check_links(row, expected_seq, prev)
-    if failure is not None or row.purged:
-        return failure
-    seq = row.seq
+_UNLINKED = "prev_hash does not link to the previous entry (entry removed, inserted or reordered)"
+_EDITED = "entry_hash does not match the stored body (body edited)"
+_PURGED_WITH_CONTENT = "a purged entry still carries content"
+_ANCHOR_DIFFERS = "entry differs from an anchored hash (history rewritten)"
+_CHECKPOINT_DIFFERS = "entries disagree with a signed checkpoint (history rewritten)"
+_NOT_GENESIS = f"entry 1 is not the {GENESIS_TYPE} entry"
+
+
+def _sequence_failure(seq: int, expected_seq: int) -> _Failure:
+    kind = "gap" if seq > expected_seq else "repeat or reorder"
+    return _Failure(expected_seq, f"sequence {kind}: expected entry {expected_seq}, found {seq}", CHAIN)
+
+
+_scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # typeshed: any decoder will do
+
+
+def _parse(body: bytes) -> Any:
+    """``json.loads(body)``, the same answers and errors, for less: a body that opens with ``{"`` goes straight to
+    the C scanner, past the encoding sniffing (which can only answer UTF-8 for it) and the Python wrappers."""
+    if not body.startswith(b'{"'):
+        return json.loads(body)
+    text = body.decode("utf-8", "surrogatepass")
     try:
-        body = json.loads(row.body)
+        parsed, end = _scan(text, 0)
+    except StopIteration:  # a value missing inside the object
+        raise ValueError("expecting a value") from None
+    if end != len(text) and text[end:].strip(" \t\n\r"):
+        raise ValueError("extra data after the JSON value")
+    return parsed
+
+
+def _check_body(seq: int, entry_type: str, body: bytes, node_id: str, columns: tuple[Any, ...]) -> _Failure | None:
+    """Checks 4-5 for an entry whose hash is good."""
+    try:
+        parsed = _parse(body)
     except ValueError:
         return _Failure(seq, "body is not valid JSON", CHAIN)
-    if not isinstance(body, dict):
+    if not isinstance(parsed, dict):
         return _Failure(seq, "body is not a JSON object", CHAIN)
-    if body.get("seq") != seq or body.get("type") != row.entry_type or body.get("node") != node_id:
+    if parsed.get("seq") != seq or parsed.get("type") != entry_type or parsed.get("node") != node_id:
         return _Failure(seq, "body seq/type/node disagree with the stored row", CHAIN)
-    if seq == 1 and row.entry_type != GENESIS_TYPE:
-        return _Failure(seq, f"entry 1 is not the {GENESIS_TYPE} entry", CHAIN)
-    data = body.get("data")
+    if seq == 1 and entry_type != GENESIS_TYPE:
+        return _Failure(seq, _NOT_GENESIS, CHAIN)
+    data = parsed.get("data")
     data = data if isinstance(data, dict) else {}
     request = data.get("request")
     request = request if isinstance(request, dict) else {}
-    columns = (row.created_at, row.decision_id, row.actor, row.tool, row.outcome)
-    expected = (body.get("ts"), data.get("decision_id"), request.get("actor"), request.get("tool"), data.get("outcome"))
+    expected = (
+        parsed.get("ts"),
+        data.get("decision_id"),
+        request.get("actor"),
+        request.get("tool"),
+        data.get("outcome"),
+    )
     if columns != expected:
         reason = "copied columns (created_at/decision_id/actor/tool/outcome) disagree with the signed body"
         return _Failure(seq, reason, COLUMNS)
@@ -153,14 +211,239 @@ _Pending = list[tuple[int, PublicKey, bytes, bytes]]  # (seq, key, signature, en
 
 
 def _check_signatures(batch: _Pending) -> _Failure | None:
-    """Check 6 for a batch. libsodium releases the GIL, so batches verify in parallel on threads."""
+    """Check 6 for a batch. libsodium releases the GIL, so batches verify in parallel on threads.
+
+    This is ``PublicKey.verify`` without PyNaCl's per-call wrapping (a VerifyKey lookup, argument checks, building
+    the signed message): libsodium's ``crypto_sign_open`` over signature || message, which verifies exactly what
+    ``crypto_sign_verify_detached`` does. The lengths are checked first: libsodium trusts them.
+    """
     for seq, key, signature, digest in batch:
-        if not key.verify(signature, signing_message(digest)):
-            return _Failure(seq, f"signature does not verify with key {key.kid!r}", SIGNATURE)
+        public = key.raw
+        if len(signature) == 64 and len(public) == 32:
+            try:
+                crypto_sign_open(signature + SIGNATURE_TAG + digest, public)
+                continue
+            except (BadSignatureError, ValueError, TypeError):
+                pass
+        return _Failure(seq, f"signature does not verify with key {key.kid!r}", SIGNATURE)
     return None
 
 
 _BATCH = 2048
+
+
+class _Checked(NamedTuple):
+    """What checking a run of consecutive rows found, before the Merkle tree has seen them."""
+
+    hashes: Sequence[bytes]  # of the rows that passed, in order (a prefix of the run)
+    signatures: _Pending | None  # theirs, still to verify; None under a trusted checkpoint
+    purged: list[int]  # positions in the run of purged rows
+    tombstones: list[tuple[int, tuple[int, int, str]]]  # (position, range) of tombstones
+    failure: _Failure | None  # of the row after the last that passed
+
+
+class _Walk:
+    """One verification's state, carried from one page of rows to the next.
+
+    A page is checked in two steps: the chain (checks 1-5, or hashes only under a trusted checkpoint) over its rows,
+    then the Merkle tree over those that passed, compared at each signed checkpoint size. Only then is the outcome
+    committed, up to the first failure, so that the report is what checking one row after another would say.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        keys: Mapping[str, PublicKey],
+        anchors: Sequence[tuple[int, bytes]],
+        roots: dict[int, bytes],
+        *,
+        trust_checkpoints: bool,
+        pool: ThreadPoolExecutor | None,
+    ) -> None:
+        self.node_id, self.keys = node_id, keys
+        self.wanted = dict(anchors)
+        self.anchored = sorted(self.wanted)
+        self.roots, self.sizes = roots, sorted(roots)
+        self.covered = max(roots, default=0) if trust_checkpoints else 0
+        self.prev = genesis_hash(node_id)
+        self.count = 0
+        self.anchors_checked = 0
+        self.tree = CompactRange()
+        self.purged: list[int] = []  # entries whose body was purged: exactly the set some signed tombstone names
+        self.tombstones: list[tuple[int, int, str]] = []
+        self.failures: list[_Failure] = []
+        self.batch: _Pending = []
+        self.pool = pool  # None: signatures are checked on this thread
+        self.futures: list[Future[_Failure | None]] = []
+
+    def page(self, rows: Sequence[Row]) -> bool:
+        """Check a page of rows; False once a failure ends the walk."""
+        # Which check a row gets follows from its position: a row whose seq is not the expected one fails the same
+        # way either way, and one whose seq is, is under the last checkpoint exactly when its position is.
+        trusted = min(max(self.covered - self.count, 0), len(rows))
+        if trusted and not self._commit(self._trusted(rows[:trusted] if trusted < len(rows) else rows)):
+            return False
+        return trusted == len(rows) or self._commit(self._full(rows[trusted:] if trusted else rows))
+
+    def _trusted(self, rows: Sequence[Row]) -> _Checked:
+        """Rows under a signed checkpoint, whose root vouches for them: checks 1-3 and the genesis type, a whole run
+        at once. Anything unusual (a failure, a purged row, a column of the wrong type) and the run is checked again
+        one row at a time, which names the failure exactly."""
+        first = self.count + 1
+        columns = list(zip(*rows, strict=True))
+        seqs, types, bodies, prevs, hashes = columns[:5]
+        if (
+            seqs != tuple(range(first, first + len(rows)))
+            or any(columns[12])  # purged
+            or prevs[0] != self.prev
+            or prevs[1:] != hashes[:-1]
+            or (first == 1 and types[0] != GENESIS_TYPE)
+        ):
+            return self._trusted_rows(rows)
+        try:
+            if (
+                tuple([sha256(ENTRY_TAG + prev + body).digest() for prev, body in zip(prevs, bodies, strict=True)])
+                != hashes
+            ):
+                return self._trusted_rows(rows)
+        except TypeError:
+            return self._trusted_rows(rows)
+        wanted = self.wanted
+        if any(wanted[seq] != hashes[seq - first] for seq in self._anchored_in(first, first + len(rows) - 1)):
+            return self._trusted_rows(rows)
+        tombstones = []
+        if TOMBSTONE_TYPE in types:
+            tombstones = [(i, _tombstone_range(bodies[i])) for i, kind in enumerate(types) if kind == TOMBSTONE_TYPE]
+        return _Checked(hashes, None, [], tombstones, None)
+
+    def _trusted_rows(self, rows: Sequence[Row]) -> _Checked:
+        prev, expected, wanted = self.prev, self.count + 1, self.wanted
+        hashes: list[bytes] = []
+        purged: list[int] = []
+        tombstones: list[tuple[int, tuple[int, int, str]]] = []
+        failure = None
+        for values in rows:
+            row = stored_row(values)
+            failure = _check_links(row, expected, prev)
+            if failure is None and row.seq == 1 and row.entry_type != GENESIS_TYPE:
+                failure = _Failure(1, _NOT_GENESIS, CHAIN)
+            if failure is None and wanted.get(row.seq, row.entry_hash) != row.entry_hash:
+                failure = _Failure(row.seq, _ANCHOR_DIFFERS, CHAIN)
+            if failure is not None:
+                break
+            if row.purged:
+                purged.append(len(hashes))
+            elif row.entry_type == TOMBSTONE_TYPE:
+                tombstones.append((len(hashes), _tombstone_range(row.body)))
+            hashes.append(row.entry_hash)
+            prev, expected = row.entry_hash, expected + 1
+        return _Checked(hashes, None, purged, tombstones, failure)
+
+    def _full(self, rows: Sequence[Row]) -> _Checked:
+        """Checks 1-5, one row after another (each links to the last); the signatures are left for a batch."""
+        node_id, keys, wanted = self.node_id, self.keys, self.wanted
+        prev, expected = self.prev, self.count + 1
+        hashes: list[bytes] = []
+        signatures: _Pending = []
+        purged: list[int] = []
+        tombstones: list[tuple[int, tuple[int, int, str]]] = []
+        failure = None
+        for row in rows:
+            (seq, entry_type, body, prev_hash, digest, kid, signature,
+             created_at, decision, actor, tool, outcome, gone) = row  # fmt: skip
+            if not (type(body) is type(prev_hash) is type(digest) is type(signature) is bytes):
+                body, prev_hash, digest, signature = _blob(body), _blob(prev_hash), _blob(digest), _blob(signature)
+            if seq != expected:
+                failure = _sequence_failure(seq, expected)
+                break
+            if prev_hash != prev:
+                failure = _Failure(seq, _UNLINKED, CHAIN)
+                break
+            if gone:  # purged: the body is gone by design; the tombstone that covers it is checked at the end
+                if body or any((decision, actor, tool, outcome)):
+                    failure = _Failure(seq, _PURGED_WITH_CONTENT, COLUMNS)
+                    break
+                purged.append(len(hashes))
+            else:
+                if sha256(ENTRY_TAG + prev + body).digest() != digest:
+                    failure = _Failure(seq, _EDITED, CHAIN)
+                    break
+                failure = _check_body(seq, entry_type, body, node_id, (created_at, decision, actor, tool, outcome))
+                if failure is not None:
+                    break
+                if entry_type == TOMBSTONE_TYPE:
+                    tombstones.append((len(hashes), _tombstone_range(body)))
+            key = keys.get(kid)
+            if key is None:
+                failure = _Failure(seq, f"signed by unknown key {kid!r}", SIGNATURE)
+                break
+            if wanted and wanted.get(seq, digest) != digest:
+                failure = _Failure(seq, _ANCHOR_DIFFERS, CHAIN)
+                break
+            hashes.append(digest)
+            signatures.append((seq, key, signature, digest))
+            prev, expected = digest, expected + 1
+        return _Checked(hashes, signatures, purged, tombstones, failure)
+
+    def _commit(self, checked: _Checked) -> bool:
+        """Grow the Merkle tree over the rows that passed, compare it at each signed checkpoint size, and take the
+        outcome up to the first failure; False if there was one."""
+        hashes, signatures, purged, tombstones, failure = checked
+        count, sizes = self.count, self.sizes
+        passed = booked = len(hashes)  # rows verified; rows whose anchors, purges and tombstones count
+        needed = max(min(passed, sizes[-1] - count if sizes else 0), 0)  # no root is wanted past the last checkpoint
+        leaves = [sha256(b"\x00" + digest).digest() for digest in hashes[:needed]]  # leaf_hash, inline
+        tree, done = self.tree, 0
+        for size in sizes[bisect_right(sizes, count) : bisect_right(sizes, count + passed)]:
+            tree.extend(leaves[done : size - count])
+            done = size - count
+            if tree.root() != self.roots[size]:
+                failure = _Failure(size, _CHECKPOINT_DIFFERS, CHAIN, True)
+                passed, booked = done - 1, done  # the row completing the size was booked, not verified
+                break
+        else:
+            tree.extend(leaves[done:])
+        self.anchors_checked += len(self._anchored_in(count + 1, count + booked))
+        self.purged.extend(count + 1 + i for i in purged if i < booked)
+        self.tombstones.extend(found for i, found in tombstones if i < booked)
+        if signatures is not None:
+            self.batch.extend(signatures[:passed])
+            if len(self.batch) >= _BATCH:
+                self.flush()
+        if passed:
+            self.count, self.prev = count + passed, hashes[passed - 1]
+        if failure is not None:
+            self.failures.append(failure)
+            return False
+        return True
+
+    def _anchored_in(self, first: int, last: int) -> list[int]:
+        anchored = self.anchored
+        return anchored[bisect_left(anchored, first) : bisect_right(anchored, last)] if anchored else []
+
+    def flush(self) -> None:
+        batch, self.batch = self.batch, []
+        if not batch:
+            return
+        if self.pool is not None:
+            self.futures.append(self.pool.submit(_check_signatures, batch))
+        elif (failure := _check_signatures(batch)) is not None:
+            self.failures.append(failure)
+
+    def finish(self) -> None:
+        """After the last row: whatever should have come after it."""
+        count = self.count
+        missing = [seq for seq in self.anchored if seq > count]
+        beyond = [size for size in self.sizes if size > count]
+        if beyond:
+            reason = f"ledger truncated: a signed checkpoint covers {beyond[-1]} entries, the ledger has {count}"
+            self.failures.append(_Failure(count + 1, reason, CHAIN, True))
+        elif missing:
+            self.failures.append(
+                _Failure(count + 1, f"ledger truncated: anchored entry {missing[-1]} is missing", CHAIN)
+            )
+        elif count == 0:
+            self.failures.append(_Failure(1, f"ledger is empty: no {GENESIS_TYPE} entry", CHAIN))
 
 
 def verify_rows(
@@ -181,134 +464,76 @@ def verify_rows(
     links, entry hash and the recomputed root, which the checkpoint's signature vouches for - without parsing bodies
     or checking each entry's signature. Entries after the last checkpoint are checked in full.
 
-    The chain is walked in order; signatures are checked in batches on ``workers`` threads (default: one per core).
+    The chain is walked in order; signatures are checked in batches on ``workers`` threads (default: one per core;
+    1: on the calling thread, which beats handing batches to one other thread that then waits for the GIL).
     Each signed checkpoint note must verify with ``keys`` and its root must equal the RFC 6962 root of the first
     ``size`` entries, recomputed on the way (a ledger shorter than a checkpoint was truncated; a different root means
     history was rewritten). The report names the lowest-numbered failure, whichever check found it.
     """
-    prev = genesis_hash(node_id)
-    count = 0
-    wanted = dict(anchors)
-    anchors_checked = 0
+    values = map(_FIELDS, rows)
+    pages = iter(lambda: list(islice(values, _PAGE)), [])
+    return verify_pages(
+        pages,
+        node_id=node_id,
+        keys=keys,
+        anchors=anchors,
+        checkpoints=checkpoints,
+        key_source=key_source,
+        progress=progress,
+        workers=workers,
+        trust_checkpoints=trust_checkpoints,
+    )
+
+
+def verify_pages(
+    pages: Iterable[Sequence[Row]],
+    *,
+    node_id: str,
+    keys: Mapping[str, PublicKey],
+    anchors: Sequence[tuple[int, bytes]] = (),
+    checkpoints: Sequence[str] = (),
+    key_source: str = "trusted keys",
+    progress: Callable[[int], None] | None = None,
+    workers: int | None = None,
+    trust_checkpoints: bool = False,
+) -> VerificationReport:
+    """:func:`verify_rows` over pages of rows straight from a database driver: no object built per row."""
     roots, failures = _trusted_roots(checkpoints, node_id, keys)
-    tree = CompactRange()
-    covered = max(roots, default=0) if trust_checkpoints else 0
-    purged: list[int] = []  # entries whose body was purged: exactly the set some signed tombstone names
-    tombstones: list[tuple[int, int, str]] = []
-    batch: _Pending = []
     threads = workers if workers is not None else min(os.cpu_count() or 1, 8)
-    with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
-        futures: list[Future[_Failure | None]] = []
-        for row in rows:
-            if row.seq <= covered:
-                # The hot loop of checkpoint-trusted verification: the common case inline, failures via the checks.
-                intact = (
-                    row.seq == count + 1
-                    and row.prev_hash == prev
-                    and not row.purged
-                    and sha256(ENTRY_TAG + prev + row.body).digest() == row.entry_hash
-                )
-                failure = None if intact else _check_links(row, count + 1, prev)
-                if failure is None and row.seq == 1 and row.entry_type != GENESIS_TYPE:
-                    failure = _Failure(1, f"entry 1 is not the {GENESIS_TYPE} entry", CHAIN)
-                if failure is None and wanted and wanted.get(row.seq, row.entry_hash) != row.entry_hash:
-                    failure = _Failure(row.seq, "entry differs from an anchored hash (history rewritten)", CHAIN)
-                if failure is not None:
-                    failures.append(failure)
-                    break
-                if wanted:
-                    anchors_checked += row.seq in wanted
-                if row.purged:
-                    purged.append(row.seq)
-                elif row.entry_type == TOMBSTONE_TYPE:
-                    tombstones.append(_tombstone_range(row.body))
-                tree.push(sha256(b"\x00" + row.entry_hash).digest())  # leaf_hash, inline
-                expected_root = roots.get(tree.size)
-                if expected_root is not None and expected_root != tree.root():
-                    failures.append(
-                        _Failure(row.seq, "entries disagree with a signed checkpoint (history rewritten)", CHAIN, True)
-                    )
-                    break
-                prev = row.entry_hash
-                count += 1
-                if progress is not None and count % 1024 == 0:
-                    progress(count)
-                continue
-            failure = _check_chain(row, count + 1, prev, node_id)
-            if failure is None:
-                key = keys.get(row.kid)
-                if key is None:
-                    failure = _Failure(row.seq, f"signed by unknown key {row.kid!r}", SIGNATURE)
-                elif wanted.get(row.seq, row.entry_hash) != row.entry_hash:
-                    failure = _Failure(row.seq, "entry differs from an anchored hash (history rewritten)", CHAIN)
-            if failure is not None:
-                failures.append(failure)
+    pool = ThreadPoolExecutor(max_workers=threads) if threads > 1 else None
+    walk = _Walk(node_id, keys, anchors, roots, trust_checkpoints=trust_checkpoints, pool=pool)
+    try:
+        for page in pages:
+            if page and not walk.page(page):
                 break
-            anchors_checked += row.seq in wanted
-            if row.purged:
-                purged.append(row.seq)
-            elif row.entry_type == TOMBSTONE_TYPE:
-                tombstones.append(_tombstone_range(row.body))
-            tree.push(leaf_hash(row.entry_hash))
-            expected_root = roots.get(tree.size)
-            if expected_root is not None and expected_root != tree.root():
-                failures.append(
-                    _Failure(row.seq, "entries disagree with a signed checkpoint (history rewritten)", CHAIN, True)
-                )
-                break
-            batch.append((row.seq, key, row.signature, row.entry_hash))  # type: ignore[arg-type]
-            if len(batch) >= _BATCH:
-                futures.append(pool.submit(_check_signatures, batch))
-                batch = []
-            prev = row.entry_hash
-            count += 1
-            if progress is not None and count % 1024 == 0:
-                progress(count)
+            if progress is not None:
+                progress(walk.count)
         else:
-            missing = sorted(seq for seq in wanted if seq > count)
-            beyond = sorted(size for size in roots if size > count)
-            if beyond:
-                reason = f"ledger truncated: a signed checkpoint covers {beyond[-1]} entries, the ledger has {count}"
-                failures.append(_Failure(count + 1, reason, CHAIN, True))
-            elif missing:
-                failures.append(
-                    _Failure(count + 1, f"ledger truncated: anchored entry {missing[-1]} is missing", CHAIN)
-                )
-            elif count == 0:
-                failures.append(_Failure(1, f"ledger is empty: no {GENESIS_TYPE} entry", CHAIN))
-        if batch:
-            futures.append(pool.submit(_check_signatures, batch))
-        failure = _check_purges(purged, tombstones)
+            walk.finish()
+        walk.flush()
+        failure = _check_purges(walk.purged, walk.tombstones)
         if failure is not None:
             failures.append(failure)
-        failures.extend(f for f in (fut.result() for fut in futures) if f is not None)
+        failures.extend(walk.failures)
+        failures.extend(f for f in (fut.result() for fut in walk.futures) if f is not None)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    count, prev = walk.count, walk.prev
     if progress is not None:
         progress(count)
-
-    if not failures:
-        return VerificationReport(
-            valid=True,
-            entries_verified=count,
-            chain_intact=True,
-            signatures_valid=True,
-            head_seq=count,
-            head_hash=prev.hex() if count else None,
-            key_source=key_source,
-            anchors_checked=anchors_checked,
-            checkpoints_checked=len(roots),
-        )
-    first = min(failures)
+    first = min(failures, default=None)
     return VerificationReport(
-        valid=False,
-        entries_verified=first.seq - 1,
+        valid=first is None,
+        entries_verified=count if first is None else first.seq - 1,
         chain_intact=not any(f.kind == CHAIN for f in failures),
         signatures_valid=not any(f.kind == SIGNATURE for f in failures),
-        first_bad_seq=first.seq,
-        reason=first.reason,
+        first_bad_seq=None if first is None else first.seq,
+        reason=None if first is None else first.reason,
         head_seq=count,
         head_hash=prev.hex() if count else None,
         key_source=key_source,
-        anchors_checked=anchors_checked,
+        anchors_checked=walk.anchors_checked,
         checkpoints_checked=len(roots),
         checkpoints_consistent=not any(f.checkpoint for f in failures),
     )

@@ -1,0 +1,79 @@
+"""``lexecon apikey create|list|revoke``: credentials for agents and services calling the server."""
+
+from __future__ import annotations
+
+import getpass
+from typing import Annotated
+
+import typer
+
+from lexecon_core.auth import ApiKeyStore, Role
+from lexecon_core.cli._common import HomeOption, JsonFlag, out, print_json, print_table
+from lexecon_core.node import Node, open_node
+
+apikey_app = typer.Typer(help="Create, list and revoke API keys for the server.", no_args_is_help=True)
+
+
+def _store(node: Node) -> ApiKeyStore:
+    return ApiKeyStore(node.settings.ledger_url, ledger=node.ledger)
+
+
+def _operator() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no user name in a bare container
+        return "cli"
+
+
+@apikey_app.command("create")
+def create(
+    name: Annotated[str, typer.Option("--name", help="Who or what uses the key, e.g. support-bot.")],
+    role: Annotated[Role, typer.Option("--role", help="agent, auditor, operator or admin.")],
+    home: HomeOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a key and print it once. Only a hash is stored: keep the key now, it cannot be shown again."""
+    node = open_node(home)
+    store = _store(node)
+    try:
+        record, key = store.create(name, role, by=_operator())
+    finally:
+        store.close()
+        node.close()
+    if as_json:
+        print_json({**record.to_dict(), "api_key": key})
+        return
+    out.print(f"created API key {record.key_id} ({record.role.value}) for {record.name!r}; it is not shown again:")
+    out.print(key, markup=False)
+
+
+@apikey_app.command("list")
+def list_keys(home: HomeOption = None, as_json: JsonFlag = False) -> None:
+    """List keys (never their secrets)."""
+    node = open_node(home, signer=False)
+    store = _store(node)
+    try:
+        keys = store.list()
+    finally:
+        store.close()
+        node.close()
+    if as_json:
+        print_json([k.to_dict() for k in keys])
+        return
+    rows = [(k.key_id, k.name, k.role.value, k.created_at, k.revoked_at or "") for k in keys]
+    print_table(("key id", "name", "role", "created", "revoked"), rows, title="API keys")
+
+
+@apikey_app.command("revoke")
+def revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id from `lexecon apikey list`.")], home: HomeOption = None
+) -> None:
+    """Revoke a key for good (recorded in the ledger). Servers refuse it within LEXECON_API_KEY_CACHE_SECONDS."""
+    node = open_node(home)
+    store = _store(node)
+    try:
+        revoked = store.revoke(key_id, by=_operator())
+    finally:
+        store.close()
+        node.close()
+    out.print(f"revoked API key {revoked.key_id} ({revoked.name!r}) at {revoked.revoked_at}")

@@ -1,0 +1,125 @@
+"""The application factory: ``create_app()`` wires the governor, API keys, rate limiting, metrics and routers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.concurrency import run_in_threadpool
+
+from lexecon_core import __version__
+from lexecon_core.auth import ApiKeyStore
+from lexecon_core.config import Settings, load_settings
+from lexecon_core.decisions import LocalGovernor
+from lexecon_core.errors import PolicyError
+from lexecon_core.policy import policy_from_document
+from lexecon_core.server._errors import install_error_handlers
+from lexecon_core.server._metrics import ServerMetrics
+from lexecon_core.server._middleware import HardeningMiddleware
+from lexecon_core.server._ratelimit import make_rate_limiter
+from lexecon_core.server._replay import RedisReplayCache
+from lexecon_core.server._state import ServerState
+from lexecon_core.server.routers import apikeys, decide, ledger, meta, policies
+from lexecon_core.tokens import ReplayCache
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger("lexecon.server")
+
+
+def create_app(settings: Settings | None = None, *, home: str | Path | None = None) -> FastAPI:
+    """A Lexecon server for the node at ``home`` (or ``settings``). Opens the node now; closes it on shutdown."""
+    settings = settings or load_settings(home)
+    governor = LocalGovernor(settings=settings)
+    redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+    replay_cache = RedisReplayCache(redis_url) if redis_url else ReplayCache()
+    state = ServerState(
+        settings=settings,
+        governor=governor,
+        api_keys=ApiKeyStore(
+            settings.ledger_url, ledger=governor.node.ledger, cache_seconds=settings.api_key_cache_seconds
+        ),
+        limiter=make_rate_limiter(settings.rate_limit_per_second, settings.rate_limit_burst, redis_url),
+        metrics=ServerMetrics(governor.node.ledger),
+        replay_cache=replay_cache,
+    )
+    sync_policy(state)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        follower = asyncio.create_task(_follow_policy(state))
+        try:
+            yield
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+            await state.limiter.aclose()
+            if isinstance(replay_cache, RedisReplayCache):
+                replay_cache.close()
+            state.api_keys.close()
+            governor.close()
+
+    app = FastAPI(
+        title="Lexecon",
+        version=__version__,
+        summary="Governance for AI-agent tool calls: policy decisions, capability tokens, a verifiable ledger.",
+        docs_url=None,  # the interactive docs need scripts the strict CSP forbids; /openapi.json is served
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.lexecon = state
+    install_error_handlers(app)
+    for router in (decide.router, ledger.router, policies.router, apikeys.router, meta.router):
+        app.include_router(router)
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            max_age=600,
+        )
+    app.add_middleware(HardeningMiddleware, max_body_bytes=settings.max_request_bytes)
+    return app
+
+
+def sync_policy(state: ServerState) -> bool:
+    """Adopt the newest policy recorded in the ledger if it is newer than the one in force (another server, or the
+    CLI, loaded it). Returns whether the policy changed. A pinned ``LEXECON_POLICY_FILE`` is never replaced."""
+    if state.settings.policy_file is not None:
+        return False
+    ledger = state.governor.node.ledger
+    latest = ledger.entries(entry_type="policy_loaded", newest_first=True, limit=1)
+    if not latest or latest[0].seq <= state.policy_seq:
+        return False
+    entry = latest[0]
+    try:
+        engine = policy_from_document(entry.data["document"], source=f"ledger entry {entry.seq}")
+    except (PolicyError, KeyError) as exc:  # cannot happen for entries we wrote; keep deciding by the old policy
+        logger.error("policy in ledger entry %d cannot be loaded: %s", entry.seq, exc)
+        state.policy_seq = entry.seq
+        return False
+    changed = engine.version != state.governor.policy.version
+    state.governor.policy = engine
+    state.policy_seq = entry.seq
+    return changed
+
+
+async def _follow_policy(state: ServerState) -> None:
+    interval = state.settings.policy_sync_seconds
+    if interval <= 0:
+        return
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            if await run_in_threadpool(sync_policy, state):
+                logger.info("adopted policy %s from the ledger", state.governor.policy.version)
+        except Exception as exc:  # the database may be briefly away; keep the current policy and try again
+            logger.warning("policy sync failed: %s", exc)

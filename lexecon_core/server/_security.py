@@ -1,0 +1,69 @@
+"""Authentication, authorisation and rate limiting for routes: one dependency, ``require(permission)``.
+
+A request authenticates with ``Authorization: Bearer <api key>``. The key is checked (cached for a few seconds after
+a database check), the key's rate limit is charged, then its role must hold the route's permission. Failed
+authentications are rate-limited per client address too, which slows key guessing down further.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from lexecon_core.auth import Permission, Principal
+from lexecon_core.errors import LedgerError
+from lexecon_core.server._state import ServerState, state_of
+
+bearer = HTTPBearer(auto_error=False, description="an API key from `lexecon apikey create`")
+
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+async def _charge(state: ServerState, key: str) -> None:
+    verdict = await state.limiter.hit(key)
+    if not verdict.allowed:
+        state.metrics.rate_limited.inc()
+        raise HTTPException(
+            429,
+            "rate limit exceeded; retry later",
+            headers={"Retry-After": str(max(1, math.ceil(verdict.retry_after)))},
+        )
+
+
+async def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
+    state = state_of(request)
+    if credentials is None:
+        raise HTTPException(401, "authentication required: send 'Authorization: Bearer <api key>'", headers=_CHALLENGE)
+    presented = credentials.credentials
+    try:
+        principal = state.api_keys.cached(presented) or await run_in_threadpool(state.api_keys.authenticate, presented)
+    except LedgerError:  # the key store's database is unreachable: nobody can be authenticated, nothing is allowed
+        raise HTTPException(
+            503, "cannot check the API key now: the database is unavailable", headers={"Retry-After": "1"}
+        ) from None
+    if principal is None:
+        state.metrics.auth_failures.inc()
+        await _charge(state, f"addr:{request.client.host if request.client else 'unknown'}")
+        raise HTTPException(401, "invalid or revoked API key", headers=_CHALLENGE)
+    await _charge(state, f"key:{principal.key_id}")
+    return principal
+
+
+def require(permission: Permission) -> Callable[..., Awaitable[Principal]]:
+    """A dependency: the authenticated principal, if its role holds ``permission``; else 401, 403 or 429."""
+
+    async def dependency(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+    ) -> Principal:
+        principal = await authenticate(request, credentials)
+        if not principal.can(permission):
+            raise HTTPException(403, f"role {principal.role.value!r} lacks the {permission.value!r} permission")
+        return principal
+
+    return dependency

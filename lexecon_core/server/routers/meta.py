@@ -1,0 +1,86 @@
+"""Unauthenticated endpoints: health, metrics (unless made private), and what clients need to check tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from lexecon_core import __version__
+from lexecon_core.auth import Permission
+from lexecon_core.keys import jwks_of
+from lexecon_core.server._security import authenticate, bearer
+from lexecon_core.server._state import state_of
+from lexecon_core.wire import ErrorResponse, Health, NodeInfo
+
+router = APIRouter(tags=["meta"])
+
+JWKS_PATH = "/.well-known/jwks.json"
+
+
+@router.get(
+    "/health",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "not ready: a check failed"}},
+    summary="Liveness and readiness",
+)
+async def health(request: Request) -> JSONResponse:
+    """200 when the server can decide: its database answers. 503 (with the failing check named) otherwise."""
+    state = state_of(request)
+    checks = {"database": "ok"}
+    try:
+        await run_in_threadpool(state.governor.node.ledger.head)
+    except Exception as exc:  # any failure means not ready; the name of the error is enough to act on
+        checks["database"] = f"unavailable ({type(exc).__name__})"
+    ok = all(v == "ok" for v in checks.values())
+    body = Health(status="ok" if ok else "unavailable", node_id=state.node_id, version=__version__, checks=checks)
+    return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"},
+        401: {"model": ErrorResponse, "description": "LEXECON_METRICS_PUBLIC=false and no valid API key"},
+        403: {"model": ErrorResponse, "description": "LEXECON_METRICS_PUBLIC=false and the role lacks read_metrics"},
+    },
+    # Authentication is optional by configuration: anonymous, or a bearer key when metrics are private.
+    openapi_extra={"security": [{}, {"HTTPBearer": []}]},
+    summary="Prometheus metrics",
+)
+async def metrics(request: Request) -> Response:
+    state = state_of(request)
+    if not state.settings.metrics_public:
+        credentials: HTTPAuthorizationCredentials | None = await bearer(request)
+        principal = await authenticate(request, credentials)
+        if not principal.can(Permission.READ_METRICS):
+            raise HTTPException(403, f"role {principal.role.value!r} lacks the 'read_metrics' permission")
+    body = await run_in_threadpool(state.metrics.render)
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@router.get(JWKS_PATH, summary="Keys that may sign capability tokens now (JWKS)")
+async def jwks(request: Request) -> dict[str, Any]:
+    """The active key and keys retired within one token lifetime: what a verifier of a token needs. Every key that
+    ever signed the ledger is at ``GET /ledger/keys``."""
+    state = state_of(request)
+    grace = state.settings.token_ttl_seconds + state.settings.token_leeway_seconds
+    return jwks_of(state.governor.node.keys.token_keys(grace).values())
+
+
+@router.get("/.well-known/lexecon.json", response_model=NodeInfo, summary="Node facts for token verifiers")
+async def node_info(request: Request) -> NodeInfo:
+    state = state_of(request)
+    return NodeInfo(
+        node_id=state.node_id,
+        version=__version__,
+        jwks_uri=JWKS_PATH,
+        token_audience=state.settings.token_audience,
+        token_ttl_seconds=state.settings.token_ttl_seconds,
+        token_leeway_seconds=state.settings.token_leeway_seconds,
+    )
