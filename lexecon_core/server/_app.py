@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from lexecon_core import __version__
@@ -20,7 +19,7 @@ from lexecon_core.errors import PolicyError
 from lexecon_core.policy import policy_from_document
 from lexecon_core.server._errors import install_error_handlers
 from lexecon_core.server._metrics import ServerMetrics
-from lexecon_core.server._middleware import HardeningMiddleware
+from lexecon_core.server._middleware import HardeningMiddleware, JsonCORSMiddleware
 from lexecon_core.server._ratelimit import make_rate_limiter
 from lexecon_core.server._replay import RedisReplayCache
 from lexecon_core.server._state import ServerState
@@ -80,7 +79,7 @@ def create_app(settings: Settings | None = None, *, home: str | Path | None = No
     origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
     if origins:
         app.add_middleware(
-            CORSMiddleware,
+            JsonCORSMiddleware,
             allow_origins=origins,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],

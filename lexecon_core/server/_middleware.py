@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import logging
 
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lexecon_core.server._errors import internal_error
+from lexecon_core.server._errors import error_response, internal_error
 
 logger = logging.getLogger("lexecon.server")
 
@@ -78,3 +81,14 @@ class HardeningMiddleware:
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers + _SECURITY_HEADERS})
         await send({"type": "http.response.body", "body": body})
+
+
+class JsonCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS handling, with a refused preflight answered in our JSON error format like every other error."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        headers = {k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")}
+        return error_response(400, bytes(response.body).decode(), code="cors_refused", headers=headers)

@@ -171,11 +171,6 @@ def test_cors_refuses_other_origins(home: Path) -> None:
             assert "access-control-allow-origin" not in simple.headers, origin
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): a refused CORS preflight is Starlette's plain-text 400 'Disallowed CORS origin', not the "
-    "JSON ErrorResponse every other error uses (CORSMiddleware answers preflights itself)",
-)
 def test_refused_preflight_is_a_json_error(home: Path) -> None:
     app = make_app(home, cors_origins=ORIGIN)
     with TestClient(app) as client:
