@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 import threading
 import time
 import uuid
@@ -51,6 +52,7 @@ _RETRY_STATUS = frozenset({429, 502, 503, 504})
 _MAX_TOTAL_SLEEP = 3.0
 
 _Outcome = httpx.Response | Exception
+_API_KEY = re.compile(r"lxk_[0-9A-Za-z_-]+|(?i:bearer)\s+\S+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,8 +274,9 @@ class RemoteGovernor:
             text = f"{body['error']}: {body['message']}"
         except (ValueError, KeyError, TypeError):
             text = response.text or response.reason_phrase
-        # A server or proxy may echo the request back; the key must not travel on in our errors.
-        return text[:300].replace(self._api_key, "[api key]")
+        # A server or proxy may echo the request back; the key must not travel on in our errors. Scrub before
+        # truncating, so no part of a key survives at the cut.
+        return _API_KEY.sub("[api key]", text.replace(self._api_key, "[api key]"))[:300]
 
     # -- decisions and tokens -------------------------------------------------------------------------------------
 

@@ -158,12 +158,19 @@ class NodeInfo(_Model):
 class ApiKeyCreate(_Model):
     name: str = Field(min_length=1, max_length=128)
     role: Role
+    actors: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="required for agent keys: the actors the key may decide for, a wildcard pattern ('*': any)",
+    )
 
 
 class ApiKeyInfo(_Model):
     key_id: str
     name: str
     role: Role
+    actors: str
     created_at: str
     revoked_at: str | None
 

@@ -76,7 +76,7 @@ def test_only_a_hash_is_stored(home: Path, store: ApiKeyStore) -> None:
 
 def test_to_dict_has_no_secret(store: ApiKeyStore) -> None:
     record, key = store.create("svc", Role.AUDITOR, by="test")
-    assert record.to_dict() == {"key_id": record.key_id, "name": "svc", "role": "auditor",
+    assert record.to_dict() == {"key_id": record.key_id, "name": "svc", "role": "auditor", "actors": "*",
                                 "created_at": record.created_at, "revoked_at": None}  # fmt: skip
     assert key not in str(record.to_dict())
 
@@ -259,7 +259,9 @@ def test_changes_are_recorded_in_the_ledger_without_secrets(store: ApiKeyStore, 
     ledger = governor.node.ledger
     (created,) = ledger.entries(entry_type="api_key_created")
     (revoked,) = ledger.entries(entry_type="api_key_revoked")
-    assert created.data == {"key_id": record.key_id, "name": "ci", "role": "operator", "by": "apikey:0123456789abcdef"}
+    assert created.data == {
+        "key_id": record.key_id, "name": "ci", "role": "operator", "actors": "*", "by": "apikey:0123456789abcdef"
+    }  # fmt: skip
     assert revoked.data == {"key_id": record.key_id, "name": "ci", "role": "operator", "by": "cli"}
     for entry in (created, revoked):
         assert key[21:].encode() not in entry.body

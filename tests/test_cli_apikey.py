@@ -13,7 +13,8 @@ from tests.test_cli import run
 
 
 def test_create_list_revoke(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "apikey", "create", "--name", "support-bot", "--role", "agent", "--home", str(home))
+    argv = ["apikey", "create", "--name", "support-bot", "--role", "agent", "--actor", "ai_agent:support_*"]
+    code, out, _ = run(capsys, *argv, "--home", str(home))
     assert code == 0
     key = out.strip().splitlines()[-1]
     assert key.startswith("lxk_")
@@ -42,7 +43,8 @@ def test_create_list_revoke(home: Path, capsys: pytest.CaptureFixture[str]) -> N
     ("argv", "expected"),
     [
         (["apikey", "create", "--name", "x", "--role", "wizard"], "--role"),
-        (["apikey", "create", "--name", "", "--role", "agent"], "name"),
+        (["apikey", "create", "--name", "", "--role", "agent", "--actor", "*"], "name"),
+        (["apikey", "create", "--name", "bot", "--role", "agent"], "--actor"),
         (["apikey", "revoke", "0123456789abcdef"], "no API key"),
         (["server", "--port", "70000"], "--port"),
     ],

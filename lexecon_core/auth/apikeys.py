@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from lexecon_core._glob import matches
 from lexecon_core.auth.roles import Permission, Role, role_can
 from lexecon_core.errors import AuthError, LedgerError
 from lexecon_core.ledger import Ledger
@@ -47,6 +48,7 @@ class ApiKey:
     role: Role
     created_at: str
     revoked_at: str | None = None
+    actors: str = "*"
 
     @property
     def active(self) -> bool:
@@ -57,6 +59,7 @@ class ApiKey:
             "key_id": self.key_id,
             "name": self.name,
             "role": self.role.value,
+            "actors": self.actors,
             "created_at": self.created_at,
             "revoked_at": self.revoked_at,
         }
@@ -69,9 +72,14 @@ class Principal:
     key_id: str
     name: str
     role: Role
+    actors: str = "*"
 
     def can(self, permission: Permission) -> bool:
         return role_can(self.role, permission)
+
+    def may_act_as(self, actor: str) -> bool:
+        """Whether this key may ask for decisions on behalf of ``actor`` (its ``actors`` pattern matches)."""
+        return matches(self.actors, actor)
 
     @property
     def label(self) -> str:
@@ -89,6 +97,7 @@ class ApiKeyStore:
         self._ledger = ledger
         self._cache_seconds = cache_seconds
         self._cache: dict[bytes, tuple[Principal, float]] = {}
+        self._revoked: set[str] = set()  # revoked by this process: never cached again, whatever a racing read saw
         self._lock = threading.Lock()
         try:
             backend, url = backend_for(url)
@@ -103,23 +112,35 @@ class ApiKeyStore:
 
     # -- management -----------------------------------------------------------------------------------------------
 
-    def create(self, name: str, role: Role | str, *, by: str) -> tuple[ApiKey, str]:
-        """Make a key. Returns its record and the key itself, which is shown once and never stored."""
+    def create(self, name: str, role: Role | str, *, by: str, actors: str = "*") -> tuple[ApiKey, str]:
+        """Make a key. Returns its record and the key itself, which is shown once and never stored.
+
+        ``actors`` (a wildcard pattern, e.g. ``ai_agent:support_*``) names whom an agent key may decide for; a
+        request for any other actor is refused.
+        """
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise AuthError("an API key name is 1-128 letters, digits, spaces or ._:@/- and starts alphanumeric")
+        if not isinstance(actors, str) or not 1 <= len(actors) <= 256 or "\x00" in actors:
+            raise AuthError("an API key's actors pattern is 1-256 characters, e.g. 'ai_agent:support_bot'")
         try:
             role = Role(role)
         except ValueError:
             raise AuthError(f"unknown role {role!r}; expected one of {', '.join(r.value for r in Role)}") from None
         key_id = secrets.token_hex(8)
         key = f"lxk_{key_id}_{secrets.token_urlsafe(32)}"
-        record = ApiKey(key_id, name, role, utc_timestamp())
-        self._record("api_key_created", {"key_id": key_id, "name": name, "role": role.value, "by": by})
+        record = ApiKey(key_id, name, role, utc_timestamp(), actors=actors)
+        facts = {"key_id": key_id, "name": name, "role": role.value, "actors": actors, "by": by}
+        self._record("api_key_created", facts)
         try:
             with self._engine.begin() as conn:
                 conn.execute(
                     insert(api_keys).values(
-                        key_id=key_id, name=name, role=role.value, key_hash=_digest(key), created_at=record.created_at
+                        key_id=key_id,
+                        name=name,
+                        role=role.value,
+                        actors=actors,
+                        key_hash=_digest(key),
+                        created_at=record.created_at,
                     )
                 )
         except IntegrityError:  # 64-bit id collision: astronomically unlikely; refuse rather than overwrite
@@ -130,12 +151,15 @@ class ApiKeyStore:
 
     def list(self, *, include_revoked: bool = True) -> list[ApiKey]:
         c = api_keys.c
-        query = select(c.key_id, c.name, c.role, c.created_at, c.revoked_at)
+        query = select(c.key_id, c.name, c.role, c.created_at, c.revoked_at, c.actors)
         if not include_revoked:
             query = query.where(api_keys.c.revoked_at.is_(None))
-        with self._reader.connect() as conn:
-            rows = conn.execute(query.order_by(api_keys.c.created_at, api_keys.c.key_id)).all()
-        return [ApiKey(r[0], r[1], Role(r[2]), r[3], r[4]) for r in rows]
+        try:
+            with self._reader.connect() as conn:
+                rows = conn.execute(query.order_by(api_keys.c.created_at, api_keys.c.key_id)).all()
+        except SQLAlchemyError as exc:
+            raise LedgerError(f"cannot read API keys: {type(exc).__name__}") from None
+        return [ApiKey(r[0], r[1], Role(r[2]), r[3], r[4], r[5]) for r in rows]
 
     def get(self, key_id: str) -> ApiKey | None:
         return next((k for k in self.list() if k.key_id == key_id), None)
@@ -152,17 +176,21 @@ class ApiKeyStore:
             raise AuthError(f"no API key {key_id!r}")
         revoked_at = utc_timestamp()
         still_active = (api_keys.c.key_id == key_id) & api_keys.c.revoked_at.is_(None)
-        with self._engine.begin() as conn:
-            won = conn.execute(update(api_keys).where(still_active).values(revoked_at=revoked_at)).rowcount == 1
+        with self._lock:  # from now on this process refuses the key, even if a check in flight read it as active
+            self._revoked.add(key_id)
+            self._cache = {d: (p, t) for d, (p, t) in self._cache.items() if p.key_id != key_id}
+        try:
+            with self._engine.begin() as conn:
+                won = conn.execute(update(api_keys).where(still_active).values(revoked_at=revoked_at)).rowcount == 1
+        except SQLAlchemyError as exc:
+            raise LedgerError(f"cannot revoke the API key: {type(exc).__name__}") from None
         if not won:
             raise AuthError(f"API key {key_id!r} is already revoked")
-        with self._lock:
-            self._cache = {d: (p, t) for d, (p, t) in self._cache.items() if p.key_id != key_id}
         try:
             self._record("api_key_revoked", {"key_id": key_id, "name": found.name, "role": found.role.value, "by": by})
         except LedgerError as exc:
             raise LedgerError(f"API key {key_id!r} is revoked, but the revocation was not recorded: {exc}") from None
-        return ApiKey(found.key_id, found.name, found.role, found.created_at, revoked_at)
+        return ApiKey(found.key_id, found.name, found.role, found.created_at, revoked_at, found.actors)
 
     def _record(self, entry_type: str, data: dict[str, str]) -> None:
         if self._ledger is not None:
@@ -186,9 +214,8 @@ class ApiKeyStore:
         hit = self._cache.get(digest)
         if hit is not None and hit[1] > time.monotonic():
             return hit[0]
-        query = select(api_keys.c.name, api_keys.c.role, api_keys.c.key_hash, api_keys.c.revoked_at).where(
-            api_keys.c.key_id == match.group(1)
-        )
+        c = api_keys.c
+        query = select(c.name, c.role, c.key_hash, c.revoked_at, c.actors).where(c.key_id == match.group(1))
         try:
             with self._reader.connect() as conn:
                 row = conn.execute(query).first()
@@ -198,8 +225,10 @@ class ApiKeyStore:
         # Compare even for an unknown id, so the response time does not say which key ids exist.
         if not hmac.compare_digest(stored, digest) or row is None or row[3] is not None:
             return None
-        principal = Principal(match.group(1), row[0], Role(row[1]))
+        principal = Principal(match.group(1), row[0], Role(row[1]), row[4])
         with self._lock:
+            if principal.key_id in self._revoked:
+                return None
             if len(self._cache) > 10_000:
                 self._cache.clear()
             self._cache[digest] = (principal, time.monotonic() + self._cache_seconds)

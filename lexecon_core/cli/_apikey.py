@@ -9,6 +9,7 @@ import typer
 
 from lexecon_core.auth import ApiKeyStore, Role
 from lexecon_core.cli._common import HomeOption, JsonFlag, out, print_json, print_table
+from lexecon_core.errors import AuthError
 from lexecon_core.node import Node, open_node
 
 apikey_app = typer.Typer(help="Create, list and revoke API keys for the server.", no_args_is_help=True)
@@ -29,21 +30,33 @@ def _operator() -> str:
 def create(
     name: Annotated[str, typer.Option("--name", help="Who or what uses the key, e.g. support-bot.")],
     role: Annotated[Role, typer.Option("--role", help="agent, auditor, operator or admin.")],
+    actor: Annotated[
+        str | None,
+        typer.Option(
+            "--actor",
+            help="Agent keys: the actors the key may decide for, a wildcard pattern (e.g. 'ai_agent:support_*', "
+            "'*' for any). Required for --role agent.",
+            show_default=False,
+        ),
+    ] = None,
     home: HomeOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Create a key and print it once. Only a hash is stored: keep the key now, it cannot be shown again."""
+    if role is Role.AGENT and actor is None:
+        raise AuthError("an agent key must name the actors it may decide for: --actor 'ai_agent:NAME' ('*' for any)")
     node = open_node(home)
     store = _store(node)
     try:
-        record, key = store.create(name, role, by=_operator())
+        record, key = store.create(name, role, by=_operator(), actors=actor or "*")
     finally:
         store.close()
         node.close()
     if as_json:
         print_json({**record.to_dict(), "api_key": key})
         return
-    out.print(f"created API key {record.key_id} ({record.role.value}) for {record.name!r}; it is not shown again:")
+    scope = f", actors {record.actors!r}" if record.role is Role.AGENT else ""
+    out.print(f"created API key {record.key_id} ({record.role.value}{scope}) for {record.name!r}; not shown again:")
     out.print(key, markup=False)
 
 
@@ -60,8 +73,8 @@ def list_keys(home: HomeOption = None, as_json: JsonFlag = False) -> None:
     if as_json:
         print_json([k.to_dict() for k in keys])
         return
-    rows = [(k.key_id, k.name, k.role.value, k.created_at, k.revoked_at or "") for k in keys]
-    print_table(("key id", "name", "role", "created", "revoked"), rows, title="API keys")
+    rows = [(k.key_id, k.name, k.role.value, k.actors, k.created_at, k.revoked_at or "") for k in keys]
+    print_table(("key id", "name", "role", "actors", "created", "revoked"), rows, title="API keys")
 
 
 @apikey_app.command("revoke")

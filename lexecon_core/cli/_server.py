@@ -21,6 +21,15 @@ def server(
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free port).")] = 8000,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes sharing the port.")] = 1,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request.")] = True,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            "--forwarded-allow-ips",
+            help="Behind a proxy or load balancer: its addresses (comma-separated), whose X-Forwarded-For is trusted "
+            "for the client address (rate limits on failed logins are per client address).",
+            show_default=False,
+        ),
+    ] = None,
     home: HomeOption = None,
 ) -> None:
     """Serve the REST API for the node at --home (see docs/api.md). Every worker shares the node's database."""
@@ -52,7 +61,8 @@ def server(
             workers=workers,
             access_log=access_log,
             server_header=False,
-            proxy_headers=False,
+            proxy_headers=forwarded_allow_ips is not None,
+            forwarded_allow_ips=forwarded_allow_ips,
         )
     finally:
         if metrics_dir is not None:

@@ -31,6 +31,7 @@ class Backend:
     name: str
     lock_sql: str  # first statement of every write transaction on the append path
     errors: tuple[type[BaseException], ...]  # driver errors that mean "the write did not happen"
+    data_errors: tuple[type[BaseException], ...] = ()  # the database refused a row's values (not the connection)
 
     def make_engine(self, url: str, *, writer: bool, readonly: bool, durability: Durability) -> Engine:
         engine = create_engine(url, future=True, pool_pre_ping=self.name != "sqlite")
@@ -83,7 +84,7 @@ def backend_for(url: str) -> tuple[Backend, str]:
     parsed = make_url(url)
     name = parsed.get_backend_name()
     if name == "sqlite":
-        return Backend("sqlite", "BEGIN IMMEDIATE", (sqlite3.Error,)), url
+        return Backend("sqlite", "BEGIN IMMEDIATE", (sqlite3.Error,), (sqlite3.IntegrityError, sqlite3.DataError)), url
     if name == "postgresql":
         if parsed.get_driver_name() not in ("psycopg", "postgresql") and "+" in parsed.drivername:
             raise LedgerError("PostgreSQL ledgers use the psycopg driver: postgresql+psycopg://...")
@@ -92,5 +93,6 @@ def backend_for(url: str) -> tuple[Backend, str]:
         except ImportError:
             raise LedgerError("a PostgreSQL ledger needs the driver: pip install 'lexecon[postgres]'") from None
         explicit = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-        return Backend("postgresql", f"SELECT pg_advisory_xact_lock({_PG_LOCK_KEY})", (psycopg.Error,)), explicit
+        lock_sql = f"SELECT pg_advisory_xact_lock({_PG_LOCK_KEY})"
+        return Backend("postgresql", lock_sql, (psycopg.Error,), (psycopg.DataError, psycopg.IntegrityError)), explicit
     raise LedgerError(f"{name} ledgers are not supported; use SQLite or PostgreSQL")

@@ -87,6 +87,9 @@ api_keys = Table(
     Column("key_id", String(32), primary_key=True),
     Column("name", String(128), nullable=False),
     Column("role", String(16), nullable=False),
+    # The actors an agent key may decide for (a wildcard pattern): the policy is written per actor, so a key that
+    # could name any actor would carry every agent's permissions.
+    Column("actors", String(256), nullable=False, server_default="*"),
     Column("key_hash", LargeBinary(32), nullable=False),
     Column("created_at", String(32), nullable=False),
     Column("revoked_at", String(32), nullable=True),

@@ -321,9 +321,10 @@ class Ledger:
             self._abort_append()
             database_error = isinstance(exc, (*self._backend.errors, SQLAlchemyError))
             pending = [item for item in batch if item.error is None]
-            if database_error and len(pending) > 1:
-                # The database refused the batch, perhaps for one request's row: write each request on its own,
-                # so one bad row fails only its own caller (costs a commit each, only on this rare path).
+            if isinstance(exc, self._backend.data_errors) and len(pending) > 1:
+                # The database refused a row's values (before any commit): write each request on its own, so one
+                # bad row fails only its own caller. Costs a commit each, only on this rare path; a connection or
+                # commit failure is not retried here (a commit in doubt must not be written twice).
                 for item in pending:
                     item.entry, item.existed = None, False
                 if cursor is not None:

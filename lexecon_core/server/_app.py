@@ -103,12 +103,16 @@ def sync_policy(state: ServerState) -> bool:
         engine = policy_from_document(entry.data["document"], source=f"ledger entry {entry.seq}")
     except (PolicyError, KeyError) as exc:  # cannot happen for entries we wrote; keep deciding by the old policy
         logger.error("policy in ledger entry %d cannot be loaded: %s", entry.seq, exc)
+        engine = None
+    with state.policy_lock:
+        if entry.seq <= state.policy_seq:  # a newer policy was adopted here while this one was being read
+            return False
         state.policy_seq = entry.seq
-        return False
-    changed = engine.version != state.governor.policy.version
-    state.governor.policy = engine
-    state.policy_seq = entry.seq
-    return changed
+        if engine is None:
+            return False
+        changed = engine.version != state.governor.policy.version
+        state.governor.policy = engine
+        return changed
 
 
 async def _follow_policy(state: ServerState) -> None:

@@ -7,11 +7,13 @@ Client mistakes are 4xx with a message that names the problem; a 500 means a bug
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 
 from lexecon_core.errors import (
@@ -48,6 +50,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorResponse, "description": "request body too large"},
     422: {"model": ErrorResponse, "description": "the request is invalid; `fields` names each problem"},
     429: {"model": ErrorResponse, "description": "rate limit exceeded; see Retry-After"},
+    503: {"model": ErrorResponse, "description": "the database is unavailable; nothing was decided or changed"},
 }
 
 
@@ -87,11 +90,21 @@ async def _lexecon(_request: Request, exc: Exception) -> JSONResponse:
         return error_response(422, str(exc))
     if isinstance(exc, TokenError):
         return error_response(422, str(exc), code=exc.reason)
-    if isinstance(exc, GovernanceError | LedgerError):
-        # The governor could not decide: nothing was approved. Retrying may help (the store may be back).
-        logger.warning("request failed closed: %s", exc)
-        return error_response(503, str(exc), code="undecided", headers={"Retry-After": "1"})
+    if isinstance(exc, GovernanceError):
+        # The governor could not decide: nothing was approved. The cause (database host, driver message) stays in
+        # the log: it is for operators, and through RemoteGovernor the caller's text can reach a model.
+        logger.warning("decision failed closed: %s", exc)
+        message = "no decision could be made or recorded, so nothing was approved (the server log has the cause)"
+        return error_response(503, message, code="undecided", headers={"Retry-After": "1"})
+    if isinstance(exc, LedgerError):
+        return await _unavailable(_request, exc)
     return await _internal(_request, exc)
+
+
+async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("database unavailable: %s", exc)
+    message = "the node's database is unavailable; nothing was changed (the server log has the cause)"
+    return error_response(503, message, code="unavailable", headers={"Retry-After": "1"})
 
 
 async def _internal(_request: Request, exc: Exception) -> JSONResponse:
@@ -110,3 +123,17 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(LexeconError, _lexecon)
+    for database_error in _database_errors():
+        app.add_exception_handler(database_error, _unavailable)
+
+
+def _database_errors() -> tuple[type[Exception], ...]:
+    """Errors from the database layers: the store is unreachable or failing, which is a 503, not a bug."""
+    errors: list[type[Exception]] = [SQLAlchemyError, sqlite3.Error]
+    try:
+        import psycopg
+    except ImportError:  # the postgres extra is not installed
+        pass
+    else:
+        errors.append(psycopg.Error)
+    return tuple(errors)

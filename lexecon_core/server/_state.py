@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import threading
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
@@ -23,6 +25,8 @@ class ServerState:
     metrics: ServerMetrics
     replay_cache: ReplayCache  # tokens consumed through POST /decide/verify
     policy_seq: int = 0  # the policy_loaded entry the governor decides by (0: the node's own policy)
+    policy_lock: threading.Lock = field(default_factory=threading.Lock)  # changes of policy_seq and the policy
+    heavy: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))  # whole-ledger jobs at once
 
     @property
     def node_id(self) -> str:

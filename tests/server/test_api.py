@@ -827,7 +827,9 @@ def test_policy_follower_adopts_in_the_background(home: Path, client: TestClient
 
 def test_create_list_and_use_a_key(app: FastAPI, client: TestClient, keys: dict[Role, str]) -> None:
     admin = auth(keys[Role.ADMIN])
-    created = client.post("/apikeys", json={"name": "billing bot", "role": "agent"}, headers=admin)
+    created = client.post(
+        "/apikeys", json={"name": "billing bot", "role": "agent", "actors": "ai_agent:*"}, headers=admin
+    )
     assert created.status_code == 201
     record = created.json()
     assert re.match(API_KEY_RE, record["api_key"])
@@ -839,20 +841,20 @@ def test_create_list_and_use_a_key(app: FastAPI, client: TestClient, keys: dict[
     assert listed.status_code == 200
     assert secret not in listed.text and secret[21:] not in listed.text
     mine = [k for k in listed.json() if k["key_id"] == record["key_id"]]
-    assert mine == [{k: record[k] for k in ("key_id", "name", "role", "created_at", "revoked_at")}]
+    assert mine == [{k: record[k] for k in ("key_id", "name", "role", "actors", "created_at", "revoked_at")}]
     assert all("api_key" not in k for k in listed.json())
     assert len(listed.json()) == len(Role) + 1
 
     assert decide(client, secret, SEARCH)["outcome"] == "approved"
     entry = ledger_of(app).entries(entry_type="api_key_created", newest_first=True, limit=1)[0]
     assert entry.data == {"key_id": record["key_id"], "name": "billing bot", "role": "agent",
-                          "by": f"apikey:{key_id(keys[Role.ADMIN])}"}  # fmt: skip
+                          "actors": "ai_agent:*", "by": f"apikey:{key_id(keys[Role.ADMIN])}"}  # fmt: skip
     assert secret[21:].encode() not in entry.body
 
 
 def test_revoke_a_key(app: FastAPI, client: TestClient, keys: dict[Role, str]) -> None:
     admin = auth(keys[Role.ADMIN])
-    created = client.post("/apikeys", json={"name": "temp", "role": "agent"}, headers=admin).json()
+    created = client.post("/apikeys", json={"name": "temp", "role": "agent", "actors": "*"}, headers=admin).json()
     secret = created["api_key"]
     assert decide(client, secret, SEARCH)["outcome"] == "approved"  # authenticated, so cached
 

@@ -79,7 +79,9 @@ ROUTES: dict[tuple[str, str], Call] = {
     ),
     ("GET", "/apikeys"): Call(Permission.MANAGE_KEYS, lambda c: {"url": "/apikeys"}),
     ("POST", "/apikeys"): Call(
-        Permission.MANAGE_KEYS, lambda c: {"url": "/apikeys", "json": {"name": "made", "role": "agent"}}, ok=201
+        Permission.MANAGE_KEYS,
+        lambda c: {"url": "/apikeys", "json": {"name": "made", "role": "agent", "actors": "*"}},
+        ok=201,
     ),
     ("DELETE", "/apikeys/{key_id}"): Call(Permission.MANAGE_KEYS, lambda c: {"url": f"/apikeys/{c.victim_key_id()}"}),
     ("GET", "/health"): Call(PUBLIC, lambda c: {"url": "/health"}),

@@ -393,7 +393,7 @@ def test_api_keys_never_appear_in_responses_or_logs(
     responses: list[Any] = []
     with caplog.at_level(logging.DEBUG):
         made = client.post(
-            "/apikeys", json={"name": "leak-check", "role": "agent"}, headers=auth(hard_keys[Role.ADMIN])
+            "/apikeys", json={"name": "leak-check", "role": "agent", "actors": "*"}, headers=auth(hard_keys[Role.ADMIN])
         )
         new_key = made.json()["api_key"]
         secrets_ = [*hard_keys.values(), new_key]

@@ -150,7 +150,9 @@ def test_idempotency_across_two_servers(pg_home: Path, pg_app: FastAPI, pg_clien
 
 def test_api_keys(pg_app: FastAPI, pg_client: TestClient, pg_keys: dict[Role, str]) -> None:
     admin = auth(pg_keys[Role.ADMIN])
-    created = pg_client.post("/apikeys", json={"name": "pg agent", "role": "agent"}, headers=admin)
+    created = pg_client.post(
+        "/apikeys", json={"name": "pg agent", "role": "agent", "actors": "ai_agent:*"}, headers=admin
+    )
     assert created.status_code == 201
     key = created.json()["api_key"]
     assert key not in pg_client.get("/apikeys", headers=admin).text

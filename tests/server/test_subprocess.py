@@ -50,7 +50,8 @@ def served(tmp_path: Path, pg_url: str, redis_url: str) -> Iterator[tuple[str, d
     _cli(env, "policy", "load", str(policy))
     keys = {}
     for role in ("agent", "admin"):
-        created = json.loads(_cli(env, "apikey", "create", "--name", f"t-{role}", "--role", role, "--json"))
+        argv = ["apikey", "create", "--name", f"t-{role}", "--role", role, "--actor", "ai_agent:*", "--json"]
+        created = json.loads(_cli(env, *argv))
         keys[role] = created["api_key"]
     port = _free_port()
     argv = [*LEXECON, "server", "--port", str(port), "--workers", "2", "--no-access-log"]

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from lexecon_core.auth import ApiKey, Permission, Principal
+from lexecon_core.auth import ApiKey, Permission, Principal, Role
 from lexecon_core.errors import AuthError
 from lexecon_core.server._errors import ERROR_RESPONSES
 from lexecon_core.server._security import require
@@ -22,7 +22,12 @@ Admin = Annotated[Principal, Depends(require(Permission.MANAGE_KEYS))]
 
 def _info(key: ApiKey) -> ApiKeyInfo:
     return ApiKeyInfo(
-        key_id=key.key_id, name=key.name, role=key.role, created_at=key.created_at, revoked_at=key.revoked_at
+        key_id=key.key_id,
+        name=key.name,
+        role=key.role,
+        actors=key.actors,
+        created_at=key.created_at,
+        revoked_at=key.revoked_at,
     )
 
 
@@ -35,14 +40,20 @@ async def list_keys(request: Request, _principal: Admin) -> list[ApiKeyInfo]:
 @router.post("", response_model=ApiKeyCreated, status_code=201, summary="Create an API key (shown once)")
 async def create_key(body: ApiKeyCreate, request: Request, principal: Admin) -> ApiKeyCreated:
     store = state_of(request).api_keys
-    record, secret = await run_in_threadpool(store.create, body.name, body.role, by=principal.label)
+    if body.role is Role.AGENT and body.actors is None:
+        raise HTTPException(422, "an agent key must name the actors it may decide for, e.g. 'ai_agent:support_bot'")
+    actors = body.actors or "*"
+    record, secret = await run_in_threadpool(store.create, body.name, body.role, by=principal.label, actors=actors)
     return ApiKeyCreated(**_info(record).model_dump(), api_key=secret)
 
 
 @router.delete(
     "/{key_id}",
     response_model=ApiKeyInfo,
-    responses={404: {"model": ErrorResponse, "description": "no such key"}},
+    responses={
+        404: {"model": ErrorResponse, "description": "no such key"},
+        409: {"model": ErrorResponse, "description": "the key is already revoked, or is the calling key"},
+    },
     summary="Revoke an API key",
 )
 async def revoke_key(

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 
 from lexecon_core.auth import Permission, Principal
 from lexecon_core.decisions import Decision, DecisionRequest
@@ -47,6 +48,8 @@ async def decide(
     """Risk, policy, a signed ledger entry, then (for an approval) a capability token. The response is sent only
     after the entry is durable."""
     state = state_of(request)
+    if not principal.may_act_as(body.actor):
+        raise HTTPException(403, f"this API key may decide only for actors matching {principal.actors!r}")
     started = time.perf_counter()
     # The governor blocks on the ledger commit; the thread pool keeps the event loop free, and lets concurrent
     # requests share one commit (group commit).
@@ -63,13 +66,16 @@ async def decide(
 async def verify(
     body: TokenCheck,
     request: Request,
-    _principal: Annotated[Principal, Depends(require(Permission.VERIFY_TOKEN))],
+    principal: Annotated[Principal, Depends(require(Permission.VERIFY_TOKEN))],
 ) -> TokenCheckResult:
     """Is ``token`` a valid capability for calling ``tool`` with ``args`` now? Checks the signature and every claim,
     then the decision behind it: the ledger entry the token names must exist with that hash and signature, be an
     approval of this actor, tool and arguments, and have issued this token id. ``consume`` records the token as
     used, so it authorises one call. An invalid token is ``valid: false`` with a reason, not an HTTP error."""
     state = state_of(request)
+    if body.consume and not principal.can(Permission.DECIDE):
+        # Using up a token is the agent's act; a reader must not be able to burn an agent's capabilities.
+        raise HTTPException(403, f"role {principal.role.value!r} may check tokens but not consume them")
     try:
         claims = await run_in_threadpool(_check, state, body)
     except TokenError as exc:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import tempfile
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -21,7 +23,7 @@ from lexecon_core.ledger import LedgerEntry
 from lexecon_core.policy import Outcome
 from lexecon_core.server._errors import ERROR_RESPONSES
 from lexecon_core.server._security import require
-from lexecon_core.server._state import state_of
+from lexecon_core.server._state import ServerState, state_of
 from lexecon_core.wire import (
     CheckpointInfo,
     EntriesPage,
@@ -139,6 +141,19 @@ async def ledger_keys(request: Request, _principal: Reader) -> dict[str, Any]:
     return jwks_of(keys.values())
 
 
+@contextlib.asynccontextmanager
+async def _one_at_a_time(state: ServerState) -> AsyncIterator[None]:
+    """Whole-ledger jobs run one at a time per process and refuse rather than queue: each holds a worker thread for
+    seconds, and a pile of them would starve the threads that decisions need."""
+    if state.heavy.locked():
+        raise HTTPException(
+            429, "a ledger verification or export is already running on this server; retry later",
+            headers={"Retry-After": "5"},
+        )  # fmt: skip
+    async with state.heavy:
+        yield
+
+
 @router.get("/verify", response_model=LedgerVerification, summary="Verify the whole ledger")
 async def verify_ledger(
     request: Request,
@@ -149,9 +164,10 @@ async def verify_ledger(
 ) -> LedgerVerification:
     state = state_of(request)
     node = state.governor.node
-    report = await run_in_threadpool(
-        node.ledger.verify, state.governor.public_keys, trust_checkpoints=trust_checkpoints
-    )
+    async with _one_at_a_time(state):
+        report = await run_in_threadpool(
+            node.ledger.verify, state.governor.public_keys, trust_checkpoints=trust_checkpoints
+        )
     state.metrics.record_verification(report.valid)
     return LedgerVerification(
         valid=report.valid,
@@ -171,12 +187,14 @@ async def verify_ledger(
 async def export_ledger(
     request: Request, _principal: Annotated[Principal, Depends(require(Permission.EXPORT_LEDGER))]
 ) -> FileResponse:
-    ledger = state_of(request).governor.node.ledger
+    state = state_of(request)
+    ledger = state.governor.node.ledger
     handle, name = tempfile.mkstemp(prefix="lexecon-export-", suffix=".zip")
     os.close(handle)
     path = pathlib.Path(name)
     try:
-        await run_in_threadpool(ledger.export, path)
+        async with _one_at_a_time(state):
+            await run_in_threadpool(ledger.export, path)
     except BaseException:
         path.unlink(missing_ok=True)
         raise

@@ -48,6 +48,8 @@ async def health(request: Request) -> JSONResponse:
         200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"},
         401: {"model": ErrorResponse, "description": "LEXECON_METRICS_PUBLIC=false and no valid API key"},
         403: {"model": ErrorResponse, "description": "LEXECON_METRICS_PUBLIC=false and the role lacks read_metrics"},
+        429: {"model": ErrorResponse, "description": "LEXECON_METRICS_PUBLIC=false: rate limit exceeded"},
+        503: {"model": ErrorResponse, "description": "the database is unavailable"},
     },
     # Authentication is optional by configuration: anonymous, or a bearer key when metrics are private.
     openapi_extra={"security": [{}, {"HTTPBearer": []}]},
@@ -70,7 +72,8 @@ async def jwks(request: Request) -> dict[str, Any]:
     ever signed the ledger is at ``GET /ledger/keys``."""
     state = state_of(request)
     grace = state.settings.token_ttl_seconds + state.settings.token_leeway_seconds
-    return jwks_of(state.governor.node.keys.token_keys(grace).values())
+    keys = await run_in_threadpool(state.governor.node.keys.token_keys, grace)  # reads retirement files
+    return jwks_of(keys.values())
 
 
 @router.get("/.well-known/lexecon.json", response_model=NodeInfo, summary="Node facts for token verifiers")

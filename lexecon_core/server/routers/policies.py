@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from lexecon_core.auth import Permission, Principal
-from lexecon_core.policy import PolicyEngine, policy_from_document
+from lexecon_core.policy import policy_from_document
 from lexecon_core.server._errors import ERROR_RESPONSES
 from lexecon_core.server._security import require
 from lexecon_core.server._state import ServerState, state_of
@@ -51,13 +51,14 @@ async def load_policy(
     state = state_of(request)
     if state.settings.policy_file is not None:
         raise HTTPException(409, "this server's policy is pinned by LEXECON_POLICY_FILE; change that file instead")
-    engine = policy_from_document(body.document, source="policy document")  # PolicyError -> 422
     source = f"{body.source} (by {principal.label})"
-    return await run_in_threadpool(_adopt, state, engine, source)
+    return await run_in_threadpool(_adopt, state, body.document, source)
 
 
-def _adopt(state: ServerState, engine: PolicyEngine, source: str) -> PolicyLoaded:
-    adopted, entry = state.governor.node.adopt_policy(engine, source=source)
-    state.governor.policy = adopted
-    state.policy_seq = entry.seq
+def _adopt(state: ServerState, document: dict[str, Any], source: str) -> PolicyLoaded:
+    engine = policy_from_document(document, source="policy document")  # PolicyError -> 422; big documents take time
+    with state.policy_lock:  # the follower must not replace this with an older policy it read just before
+        adopted, entry = state.governor.node.adopt_policy(engine, source=source)
+        state.governor.policy = adopted
+        state.policy_seq = entry.seq
     return PolicyLoaded(policy_version=adopted.version, ledger_entry_id=entry.seq)

@@ -27,6 +27,7 @@ def upgrade() -> None:
         sa.Column("key_id", sa.String(32), primary_key=True),
         sa.Column("name", sa.String(128), nullable=False),
         sa.Column("role", sa.String(16), nullable=False),
+        sa.Column("actors", sa.String(256), nullable=False, server_default="*"),
         sa.Column("key_hash", sa.LargeBinary(32), nullable=False),
         sa.Column("created_at", sa.String(32), nullable=False),
         sa.Column("revoked_at", sa.String(32), nullable=True),
