@@ -285,6 +285,10 @@ class Ledger:
             self._hand_over()
 
     def _write_batch(self, batch: list[_Request]) -> None:
+        with self._backend.writer_turn():
+            self._write_batch_now(batch)
+
+    def _write_batch_now(self, batch: list[_Request]) -> None:
         cursor = None
         try:
             db = self._append_dbapi()
@@ -331,7 +335,7 @@ class Ledger:
                     cursor.close()
                     cursor = None
                 for item in pending:
-                    self._write_batch([item])
+                    self._write_batch_now([item])  # still our turn in the writer queue
                 return
             error = LedgerError(f"ledger write failed: {_short(exc)}")
             for item in batch:  # the transaction is gone: no entry of this batch exists
