@@ -336,8 +336,11 @@ class LocalGovernor:
             created_at=entry.created_at,
         )
 
-    def verify_token(self, token: str, *, tool: str, args: Mapping[str, Any]) -> CapabilityClaims:
-        """Verify (and consume) a capability token from this node for a call of ``tool`` with ``args``.
+    def verify_token(
+        self, token: str, *, tool: str, args: Mapping[str, Any], consume: bool = True
+    ) -> CapabilityClaims:
+        """Verify (and, unless ``consume=False``, consume) a capability token from this node for a call of ``tool``
+        with ``args``.
 
         A token this governor issued is recognised byte for byte, so its signature - valid by construction - is not
         checked again; every claim still is. Any other token is verified in full against the node's token keys.
@@ -356,7 +359,7 @@ class LocalGovernor:
             audience=self.settings.token_audience,
             issuer=self._node.node_id,
             leeway=self.settings.token_leeway_seconds,
-            replay_cache=self.replay_cache,
+            replay_cache=self.replay_cache if consume else None,
         )
 
     # -- node operations ------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from lexecon_core.ledger import LedgerEntry, entry_hash, signing_message
 from lexecon_core.server._errors import ERROR_RESPONSES
 from lexecon_core.server._security import require
 from lexecon_core.server._state import ServerState, state_of
-from lexecon_core.tokens import CapabilityClaims, check_claims, verify_signature
+from lexecon_core.tokens import MAX_LEEWAY_SECONDS, CapabilityClaims
 from lexecon_core.wire import ErrorResponse, TokenCheck, TokenCheckResult
 
 router = APIRouter(tags=["decisions"], responses=ERROR_RESPONSES)
@@ -91,20 +91,10 @@ async def verify(
 
 def _check(state: ServerState, body: TokenCheck) -> CapabilityClaims:
     governor = state.governor
-    settings = state.settings
-    grace = settings.token_ttl_seconds + settings.token_leeway_seconds
-    raw, kid = verify_signature(body.token, governor.node.keys.token_keys(grace))
-    check = dict(
-        tool=body.tool,
-        args=body.args,
-        audience=settings.token_audience,
-        issuer=state.node_id,
-        leeway=settings.token_leeway_seconds,
-    )
-    claims = check_claims(raw, kid, replay_cache=None, **check)  # type: ignore[arg-type]
+    claims = governor.verify_token(body.token, tool=body.tool, args=body.args, consume=False)
     _check_entry(state, claims, governor.node.ledger.get(claims.ledger_entry_id))
-    if body.consume:
-        check_claims(raw, kid, replay_cache=state.replay_cache, **check)  # type: ignore[arg-type]
+    if body.consume:  # only once everything checked out; the server's cache is shared through Redis when configured
+        state.replay_cache.use(claims.jti, claims.exp + MAX_LEEWAY_SECONDS)
     return claims
 
 
