@@ -336,9 +336,7 @@ class LocalGovernor:
             created_at=entry.created_at,
         )
 
-    def verify_token(
-        self, token: str, *, tool: str, args: Mapping[str, Any], consume: bool = True
-    ) -> CapabilityClaims:
+    def verify_token(self, token: str, *, tool: str, args: Mapping[str, Any], consume: bool = True) -> CapabilityClaims:
         """Verify (and, unless ``consume=False``, consume) a capability token from this node for a call of ``tool``
         with ``args``.
 

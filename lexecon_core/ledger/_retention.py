@@ -51,6 +51,20 @@ def new_hold_id() -> str:
     return f"hold_{uuid.uuid4().hex[:16]}"
 
 
+def policy(days: int, reason: str) -> dict[str, object]:
+    """The data of a ``retention_policy`` entry."""
+    if not 1 <= days <= 36_500:
+        raise LedgerError("retention must be between 1 and 36,500 days")
+    return {"retention_days": days, "reason": reason}
+
+
+def new_hold(from_seq: int, to_seq: int, reason: str) -> dict[str, object]:
+    """The data of a ``legal_hold`` entry, under a new hold id."""
+    if not 1 <= from_seq <= to_seq:
+        raise LedgerError("a legal hold covers entries from_seq..to_seq with 1 <= from_seq <= to_seq")
+    return {"hold_id": new_hold_id(), "from_seq": from_seq, "to_seq": to_seq, "reason": reason}
+
+
 def _data(body: bytes) -> dict[str, object]:
     parsed = json.loads(body).get("data")
     return parsed if isinstance(parsed, dict) else {}
@@ -76,6 +90,12 @@ def state(conn: Connection, default_days: int) -> tuple[int, list[Hold]]:
         else:
             holds.pop(str(data["hold_id"]), None)
     return days, list(holds.values())
+
+
+def check_active(conn: Connection, hold_id: str, default_days: int) -> None:
+    _, holds = state(conn, default_days)
+    if hold_id not in {h.hold_id for h in holds}:
+        raise LedgerError(f"no active legal hold {hold_id!r}")
 
 
 def plan_purge(conn: Connection, up_to: int, *, now: datetime, default_days: int) -> tuple[list[int], int]:
@@ -106,3 +126,13 @@ def erase(conn: Connection, seqs: list[int]) -> None:
             .where(_t.c.seq.in_(seqs))
             .values(body=b"", decision_id=None, actor=None, tool=None, outcome=None, purged=True)
         )
+
+
+def purge(conn: Connection, up_to: int, *, reason: str, now: datetime, default_days: int) -> dict[str, object] | None:
+    """Erase what :func:`plan_purge` allows; return the data of the tombstone recording it (None: nothing was due)."""
+    seqs, days = plan_purge(conn, up_to, now=now, default_days=default_days)
+    if not seqs:
+        return None
+    erase(conn, seqs)
+    return {"from_seq": seqs[0], "to_seq": seqs[-1], "purged": len(seqs), "seqs_sha256": seqs_digest(seqs),
+            "reason": reason, "retention_days": days}  # fmt: skip

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, inspect, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
@@ -27,7 +27,7 @@ from lexecon_core.keys import PublicKey, Signer, b64url, jwks_of
 from lexecon_core.ledger import _retention, _schema, _tree
 from lexecon_core.ledger._backend import DURABILITIES, Durability, backend_for
 from lexecon_core.ledger._bundle import write_bundle
-from lexecon_core.ledger._checkpoint import Checkpoint, origin_for, parse_checkpoint, sign_checkpoint
+from lexecon_core.ledger._checkpoint import Checkpoint, origin_for
 from lexecon_core.ledger._entry import (
     GENESIS_TYPE,
     TOMBSTONE_TYPE,
@@ -38,7 +38,6 @@ from lexecon_core.ledger._entry import (
     signing_message,
     utc_timestamp,
 )
-from lexecon_core.ledger._merkle import consistency_proof, inclusion_proof, range_hash
 from lexecon_core.ledger._migrate import check_tables, ensure_schema
 from lexecon_core.ledger._retention import DEFAULT_RETENTION_DAYS
 from lexecon_core.ledger._tree import InclusionProof
@@ -541,22 +540,16 @@ class Ledger:
     # -- retention and legal holds (see _retention) ------------------------------------------------------------------
 
     def set_retention(self, days: int, *, reason: str) -> LedgerEntry:
-        if not 1 <= days <= 36_500:
-            raise LedgerError("retention must be between 1 and 36,500 days")
-        return self.append("retention_policy", {"retention_days": days, "reason": reason})
+        return self.append("retention_policy", _retention.policy(days, reason))
 
     def place_hold(self, from_seq: int, to_seq: int, *, reason: str) -> str:
-        if not 1 <= from_seq <= to_seq:
-            raise LedgerError("a legal hold covers entries from_seq..to_seq with 1 <= from_seq <= to_seq")
-        hold_id = _retention.new_hold_id()
-        self.append("legal_hold", {"hold_id": hold_id, "from_seq": from_seq, "to_seq": to_seq, "reason": reason})
-        return hold_id
+        hold = _retention.new_hold(from_seq, to_seq, reason)
+        self.append("legal_hold", hold)
+        return str(hold["hold_id"])
 
     def release_hold(self, hold_id: str, *, reason: str) -> LedgerEntry:
         with self._reader.connect() as conn:
-            _, holds = _retention.state(conn, self.retention_days)
-        if hold_id not in {h.hold_id for h in holds}:
-            raise LedgerError(f"no active legal hold {hold_id!r}")
+            _retention.check_active(conn, hold_id, self.retention_days)
         return self.append("legal_hold_released", {"hold_id": hold_id, "reason": reason})
 
     def purge(self, up_to: int, *, reason: str, now: datetime | None = None) -> LedgerEntry | None:
@@ -567,17 +560,12 @@ class Ledger:
             raise LedgerError("a purge is signed: this ledger handle has no signing key")
         try:
             with self._writer.begin() as conn:  # the write lock: no append interleaves
-                seqs, days = _retention.plan_purge(
-                    conn, up_to, now=now or datetime.now(UTC), default_days=self.retention_days
-                )
-                if not seqs:
+                now = now or datetime.now(UTC)
+                data = _retention.purge(conn, up_to, reason=reason, now=now, default_days=self.retention_days)
+                if data is None:
                     return None
-                _retention.erase(conn, seqs)
                 head = conn.execute(_HEAD).first()
                 assert head is not None
-                data = {"from_seq": seqs[0], "to_seq": seqs[-1], "purged": len(seqs),
-                        "seqs_sha256": _retention.seqs_digest(seqs), "reason": reason,
-                        "retention_days": days}  # fmt: skip
                 request = _Request(TOMBSTONE_TYPE, data, signer, False)
                 entry, row = self._build(request, int(head[0]) + 1, bytes(head[1]))
                 conn.execute(insert(_t).values(dict(zip(_COLUMN_NAMES, row, strict=True))))
@@ -587,7 +575,7 @@ class Ledger:
         except (ValueError, KeyError, TypeError) as exc:  # a damaged retention or hold entry: refuse, change nothing
             raise LedgerError(f"purge refused, the ledger's retention records are unreadable: {exc}") from None
 
-    # -- Merkle tree, checkpoints, proofs ---------------------------------------------------------------------------
+    # -- Merkle tree, checkpoints, proofs (see _tree) ------------------------------------------------------------------
 
     def checkpoint(self, *, signer: Signer | None = None) -> Checkpoint:
         """Grow the Merkle tree to the current head and sign a checkpoint of it (or return the one at that size)."""
@@ -596,72 +584,28 @@ class Ledger:
             raise LedgerError("this ledger handle is read-only (no signing key)")
         try:
             with self._writer.begin() as conn:  # the write lock: the tree and the checkpoint describe one prefix
-                edge = _tree.grow(conn)
-                if edge.size == 0:
-                    raise LedgerError("the ledger is empty: nothing to checkpoint")
-                table = _schema.checkpoints
-                stored = conn.execute(select(table.c.note).where(table.c.tree_size == edge.size)).scalar()
-                if stored is not None:
-                    try:
-                        return parse_checkpoint(stored)[0]
-                    except ValueError as exc:
-                        raise LedgerError(f"the stored checkpoint at size {edge.size} is damaged: {exc}") from None
-                made = sign_checkpoint(
-                    signer, origin=origin_for(self.node_id), size=edge.size, root=edge.root(), timestamp=utc_timestamp()
-                )
-                conn.execute(
-                    insert(table).values(
-                        tree_size=made.size, root_hash=made.root, created_at=made.timestamp, kid=signer.kid,
-                        note=made.note,
-                    )
-                )  # fmt: skip
-                return made
+                return _tree.checkpoint(conn, signer, origin_for(self.node_id))
         except SQLAlchemyError as exc:
             raise LedgerError(f"cannot make a checkpoint: {_short(exc)}") from None
 
     def checkpoints(self) -> list[Checkpoint]:
         """Stored checkpoints, oldest first (unverified; :meth:`verify` checks them)."""
-        try:
-            return [parse_checkpoint(note)[0] for note in self._stored_notes()]
-        except ValueError as exc:
-            raise LedgerError(f"a stored checkpoint is damaged: {exc}") from None
+        return _tree.parse_notes(self._stored_notes())
 
     def _stored_notes(self) -> list[str]:
-        table = _schema.checkpoints
         with self._reader.connect() as conn:
-            if not inspect(conn).has_table(table.name):  # a read-only ledger from before checkpoints existed
-                return []
-            return [str(n) for n in conn.execute(select(table.c.note).order_by(table.c.tree_size)).scalars()]
+            return _tree.stored_notes(conn)
 
     def inclusion_proof(self, seq: int, tree_size: int | None = None) -> InclusionProof:
         """Proof that entry ``seq`` is in the tree of ``tree_size`` entries (default: the latest checkpoint)."""
         made = {c.size: c for c in self.checkpoints()}
-        size = tree_size if tree_size is not None else max(made, default=0)
-        if size == 0:
-            raise LedgerError("no checkpoint yet: run `lexecon ledger checkpoint` first")
-        if not 1 <= seq <= size:
-            raise LedgerError(f"entry {seq} is not covered by a tree of {size} entries")
         with self._reader.connect() as conn:
-            if size > _tree.tree_size(conn):
-                raise LedgerError(f"the Merkle tree does not reach size {size} yet; make a checkpoint first")
-            get = _tree.subtrees(conn)
-            hashes = inclusion_proof(seq - 1, size, get)
-            root = range_hash(0, size, get)
-            digest = conn.execute(select(_t.c.entry_hash).where(_t.c.seq == seq)).scalar()
-        if digest is None:
-            raise LedgerError(f"entry {seq} is missing from the ledger")
-        note = made[size].note if size in made else None
-        return InclusionProof(seq, size, bytes(digest), tuple(hashes), root, note)
+            return _tree.prove_inclusion(conn, seq, tree_size, made)
 
     def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
         """Proof that the tree of ``old_size`` entries is a prefix of the tree of ``new_size`` entries."""
         with self._reader.connect() as conn:
-            if new_size > _tree.tree_size(conn):
-                raise LedgerError(f"the Merkle tree does not reach size {new_size} yet; make a checkpoint first")
-            try:
-                return consistency_proof(old_size, new_size, _tree.subtrees(conn))
-            except ValueError as exc:
-                raise LedgerError(str(exc)) from None
+            return _tree.prove_consistency(conn, old_size, new_size)
 
 
 _FULL = (

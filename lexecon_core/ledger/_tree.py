@@ -6,16 +6,26 @@ ledger's write lock, so the tree always describes a prefix of the chain.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, insert, select, tuple_, update
+from sqlalchemy import and_, insert, inspect, select, tuple_, update
 from sqlalchemy.engine import Connection
 
 from lexecon_core.errors import LedgerError
+from lexecon_core.keys import Signer
 from lexecon_core.ledger import _schema
-from lexecon_core.ledger._merkle import CompactRange, SubtreeSource, leaf_hash
+from lexecon_core.ledger._checkpoint import Checkpoint, parse_checkpoint, sign_checkpoint
+from lexecon_core.ledger._entry import utc_timestamp
+from lexecon_core.ledger._merkle import (
+    CompactRange,
+    SubtreeSource,
+    consistency_proof,
+    inclusion_proof,
+    leaf_hash,
+    range_hash,
+)
 
 _TREE_SIZE_KEY = "tree_size"
 _t = _schema.tree
@@ -114,3 +124,67 @@ def grow(conn: Connection) -> CompactRange:
         else:
             conn.execute(insert(_meta).values(key=_TREE_SIZE_KEY, value=value))
     return edge
+
+
+def checkpoint(conn: Connection, signer: Signer, origin: str) -> Checkpoint:
+    """Grow the tree to the ledger's head and sign a checkpoint of it (or return the stored one at that size)."""
+    edge = grow(conn)
+    if edge.size == 0:
+        raise LedgerError("the ledger is empty: nothing to checkpoint")
+    table = _schema.checkpoints
+    stored = conn.execute(select(table.c.note).where(table.c.tree_size == edge.size)).scalar()
+    if stored is not None:
+        try:
+            return parse_checkpoint(stored)[0]
+        except ValueError as exc:
+            raise LedgerError(f"the stored checkpoint at size {edge.size} is damaged: {exc}") from None
+    made = sign_checkpoint(signer, origin=origin, size=edge.size, root=edge.root(), timestamp=utc_timestamp())
+    conn.execute(
+        insert(table).values(
+            tree_size=made.size, root_hash=made.root, created_at=made.timestamp, kid=signer.kid, note=made.note
+        )
+    )
+    return made
+
+
+def stored_notes(conn: Connection) -> list[str]:
+    table = _schema.checkpoints
+    if not inspect(conn).has_table(table.name):  # a read-only ledger from before checkpoints existed
+        return []
+    return [str(n) for n in conn.execute(select(table.c.note).order_by(table.c.tree_size)).scalars()]
+
+
+def parse_notes(notes: list[str]) -> list[Checkpoint]:
+    try:
+        return [parse_checkpoint(note)[0] for note in notes]
+    except ValueError as exc:
+        raise LedgerError(f"a stored checkpoint is damaged: {exc}") from None
+
+
+def prove_inclusion(conn: Connection, seq: int, size: int | None, made: Mapping[int, Checkpoint]) -> InclusionProof:
+    """Proof that entry ``seq`` is in the tree of ``size`` entries (default: the latest of the checkpoints ``made``)."""
+    size = size if size is not None else max(made, default=0)
+    if size == 0:
+        raise LedgerError("no checkpoint yet: run `lexecon ledger checkpoint` first")
+    if not 1 <= seq <= size:
+        raise LedgerError(f"entry {seq} is not covered by a tree of {size} entries")
+    if size > tree_size(conn):
+        raise LedgerError(f"the Merkle tree does not reach size {size} yet; make a checkpoint first")
+    get = subtrees(conn)
+    hashes = inclusion_proof(seq - 1, size, get)
+    root = range_hash(0, size, get)
+    digest = conn.execute(select(_entries.c.entry_hash).where(_entries.c.seq == seq)).scalar()
+    if digest is None:
+        raise LedgerError(f"entry {seq} is missing from the ledger")
+    note = made[size].note if size in made else None
+    return InclusionProof(seq, size, bytes(digest), tuple(hashes), root, note)
+
+
+def prove_consistency(conn: Connection, old_size: int, new_size: int) -> list[bytes]:
+    """Proof that the tree of ``old_size`` entries is a prefix of the tree of ``new_size`` entries."""
+    if new_size > tree_size(conn):
+        raise LedgerError(f"the Merkle tree does not reach size {new_size} yet; make a checkpoint first")
+    try:
+        return consistency_proof(old_size, new_size, subtrees(conn))
+    except ValueError as exc:
+        raise LedgerError(str(exc)) from None
