@@ -80,7 +80,9 @@ class Backend:
         return self.queue.turn() if self.queue is not None else contextlib.nullcontext()
 
     def make_engine(self, url: str, *, writer: bool, readonly: bool, durability: Durability) -> Engine:
-        engine = create_engine(url, future=True, pool_pre_ping=self.name != "sqlite")
+        # A database that does not answer must fail the request soon (fail closed), not after the OS's TCP timeout.
+        connect_args = {"connect_timeout": 10} if self.name == "postgresql" else {}
+        engine = create_engine(url, future=True, pool_pre_ping=self.name != "sqlite", connect_args=connect_args)
         if self.name == "sqlite":
             _configure_sqlite(engine, writer=writer, readonly=readonly, durability=durability)
         else:
