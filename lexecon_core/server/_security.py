@@ -36,6 +36,16 @@ async def _charge(state: ServerState, key: str) -> None:
         )
 
 
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def limit_anonymous(request: Request) -> None:
+    """Rate limits for unauthenticated routes that touch the database (health, public metrics): per client address,
+    so a flood of them cannot take the worker threads decisions need."""
+    await _charge(state_of(request), f"anon:{_address(request)}")
+
+
 async def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
     state = state_of(request)
     if credentials is None:
@@ -49,7 +59,7 @@ async def authenticate(request: Request, credentials: HTTPAuthorizationCredentia
         ) from None
     if principal is None:
         state.metrics.auth_failures.inc()
-        await _charge(state, f"addr:{request.client.host if request.client else 'unknown'}")
+        await _charge(state, f"addr:{_address(request)}")
         raise HTTPException(401, "invalid or revoked API key", headers=_CHALLENGE)
     await _charge(state, f"key:{principal.key_id}")
     return principal

@@ -115,3 +115,15 @@ def test_remote_errors_never_carry_a_key_echoed_back(keys: dict[Role, str]) -> N
     with pytest.raises(GovernanceError) as refused:
         governor.decide(SEARCH)
     assert "lxk_" not in str(refused.value) and key[:12] not in str(refused.value)
+
+
+def test_unauthenticated_database_routes_are_rate_limited_per_address(home: object) -> None:
+    from lexecon_core import load_settings
+    from lexecon_core.server import create_app
+
+    app = create_app(load_settings(home, rate_limit_per_second=1, rate_limit_burst=3))  # type: ignore[arg-type]
+    with TestClient(app) as client:
+        statuses = [client.get("/health").status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
+        assert client.get("/metrics").status_code == 429  # the same address, the same budget
+        assert client.get("/.well-known/jwks.json").status_code == 200  # no database, no limit

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from starlette.concurrency import run_in_threadpool
@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from lexecon_core import __version__
 from lexecon_core.auth import Permission
 from lexecon_core.keys import jwks_of
-from lexecon_core.server._security import authenticate, bearer
+from lexecon_core.server._security import authenticate, bearer, limit_anonymous
 from lexecon_core.server._state import state_of
 from lexecon_core.wire import ErrorResponse, Health, NodeInfo
 
@@ -25,7 +25,11 @@ JWKS_PATH = "/.well-known/jwks.json"
 @router.get(
     "/health",
     response_model=Health,
-    responses={503: {"model": Health, "description": "not ready: a check failed"}},
+    responses={
+        429: {"model": ErrorResponse, "description": "rate limit for this client address exceeded"},
+        503: {"model": Health, "description": "not ready: a check failed"},
+    },
+    dependencies=[Depends(limit_anonymous)],
     summary="Liveness and readiness",
 )
 async def health(request: Request) -> JSONResponse:
@@ -48,7 +52,7 @@ async def health(request: Request) -> JSONResponse:
         200: {"content": {"text/plain": {}}, "description": "Prometheus text exposition format"},
         401: {"model": ErrorResponse, "description": "LEXECON_METRICS_PUBLIC=false and no valid API key"},
         403: {"model": ErrorResponse, "description": "LEXECON_METRICS_PUBLIC=false and the role lacks read_metrics"},
-        429: {"model": ErrorResponse, "description": "LEXECON_METRICS_PUBLIC=false: rate limit exceeded"},
+        429: {"model": ErrorResponse, "description": "rate limit (per key, or per address when public) exceeded"},
         503: {"model": ErrorResponse, "description": "the database is unavailable"},
     },
     # Authentication is optional by configuration: anonymous, or a bearer key when metrics are private.
@@ -57,7 +61,9 @@ async def health(request: Request) -> JSONResponse:
 )
 async def metrics(request: Request) -> Response:
     state = state_of(request)
-    if not state.settings.metrics_public:
+    if state.settings.metrics_public:
+        await limit_anonymous(request)
+    else:
         credentials: HTTPAuthorizationCredentials | None = await bearer(request)
         principal = await authenticate(request, credentials)
         if not principal.can(Permission.READ_METRICS):
