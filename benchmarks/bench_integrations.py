@@ -250,6 +250,31 @@ def bench_openai_agent(governor: LocalGovernor, runs: int) -> tuple[float, float
     return p50_us_async(lambda: run(plain), runs), p50_us_async(lambda: run(governed), runs)
 
 
+def bench_where_the_check_runs(governor: LocalGovernor, n: int) -> list[tuple[str, float]]:
+    """One guard check (decide + token verify) on the calling thread, on a fresh thread (what LangChain's ToolNode
+    does for every tool call), and handed to a long-lived worker thread; the bare thread hand-offs as baselines."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lexecon_integrations._intercept import ToolCallGuard
+
+    guard = ToolCallGuard(governor, actor=ACTOR)
+
+    def check() -> None:
+        assert guard.check("lookup", {"key": 1}).allowed
+
+    warm = ThreadPoolExecutor(1)
+    try:
+        return [
+            ("calling thread", p50_us(check, n)),
+            ("fresh thread", p50_us(lambda: ThreadPoolExecutor(1).submit(check).result(), n)),
+            ("fresh thread, no check (hand-off only)", p50_us(lambda: ThreadPoolExecutor(1).submit(int).result(), n)),
+            ("long-lived worker thread", p50_us(lambda: warm.submit(check).result(), n)),
+            ("long-lived worker, no check (hand-off only)", p50_us(lambda: warm.submit(int).result(), n)),
+        ]
+    finally:
+        warm.shutdown()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
@@ -271,6 +296,9 @@ def main() -> int:
                 print(f"{'adapter':<40} {'bare p50':>10} {'governed p50':>13} {'overhead':>10}")
                 for name, bare, governed in rows:
                     print(f"{name:<40} {bare:>8.0f}us {governed:>11.0f}us {governed - bare:>8.0f}us")
+                print("one guard check, by the thread it runs on (p50)")
+                for name, value in bench_where_the_check_runs(governor, calls):
+                    print(f"  {name:<44} {value:>8.0f}us")
                 lc_plain, lc_governed = bench_langchain_agent(governor, runs)
                 oa_plain, oa_governed = bench_openai_agent(governor, runs)
             print("whole scripted agent run (one tool call + final answer), p50")
