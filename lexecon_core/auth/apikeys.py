@@ -19,8 +19,9 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, Select, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from lexecon_core._glob import matches
@@ -37,6 +38,15 @@ _TAG = b"lexecon:apikey:v1\x00"
 _KEY_RE = re.compile(r"^lxk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._:@/-]{0,127}$")
 _DUMMY = hashlib.sha256(b"lexecon:apikey:dummy").digest()
+_KeyList = list["ApiKey"]  # named here: inside ApiKeyStore, ``list`` is the method
+_KEYS = select(
+    api_keys.c.key_id,
+    api_keys.c.name,
+    api_keys.c.role,
+    api_keys.c.created_at,
+    api_keys.c.revoked_at,
+    api_keys.c.actors,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,19 +160,20 @@ class ApiKeyStore:
         return record, key
 
     def list(self, *, include_revoked: bool = True) -> list[ApiKey]:
-        c = api_keys.c
-        query = select(c.key_id, c.name, c.role, c.created_at, c.revoked_at, c.actors)
-        if not include_revoked:
-            query = query.where(api_keys.c.revoked_at.is_(None))
+        query = _KEYS.order_by(api_keys.c.created_at, api_keys.c.key_id)
+        return self._read(query if include_revoked else query.where(api_keys.c.revoked_at.is_(None)))
+
+    def get(self, key_id: str) -> ApiKey | None:
+        found = self._read(_KEYS.where(api_keys.c.key_id == key_id))
+        return found[0] if found else None
+
+    def _read(self, query: Select[Any]) -> _KeyList:
         try:
             with self._reader.connect() as conn:
-                rows = conn.execute(query.order_by(api_keys.c.created_at, api_keys.c.key_id)).all()
+                rows = conn.execute(query).all()
         except SQLAlchemyError as exc:
             raise LedgerError(f"cannot read API keys: {type(exc).__name__}") from None
         return [ApiKey(r[0], r[1], Role(r[2]), r[3], r[4], r[5]) for r in rows]
-
-    def get(self, key_id: str) -> ApiKey | None:
-        return next((k for k in self.list() if k.key_id == key_id), None)
 
     def revoke(self, key_id: str, *, by: str) -> ApiKey:
         """Revoke a key for good, then record it in the ledger. Exactly one of concurrent revocations succeeds (the
@@ -200,10 +211,11 @@ class ApiKeyStore:
 
     def cached(self, presented: str) -> Principal | None:
         """The principal for a key verified within ``cache_seconds``, without touching the database."""
-        hit = self._cache.get(_digest(presented)) if presented.isascii() else None
-        if hit is not None and hit[1] > time.monotonic():
-            return hit[0]
-        return None
+        return self._cached(_digest(presented)) if presented.isascii() else None
+
+    def _cached(self, digest: bytes) -> Principal | None:
+        hit = self._cache.get(digest)
+        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
 
     def authenticate(self, presented: str) -> Principal | None:
         """The principal a presented key belongs to, or None (malformed, unknown, wrong secret or revoked)."""
@@ -211,9 +223,9 @@ class ApiKeyStore:
         if match is None:
             return None
         digest = _digest(presented)
-        hit = self._cache.get(digest)
-        if hit is not None and hit[1] > time.monotonic():
-            return hit[0]
+        hit = self._cached(digest)
+        if hit is not None:
+            return hit
         c = api_keys.c
         query = select(c.name, c.role, c.key_hash, c.revoked_at, c.actors).where(c.key_id == match.group(1))
         try:

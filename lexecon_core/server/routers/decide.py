@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import time
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import Response
@@ -85,7 +85,7 @@ async def verify(
         message="valid capability",
         decision_id=claims.decision_id,
         ledger_entry_id=claims.ledger_entry_id,
-        claims=_claims_dict(claims),
+        claims=asdict(claims),
     )
 
 
@@ -120,7 +120,3 @@ def _check_entry(state: ServerState, claims: CapabilityClaims, entry: LedgerEntr
     expected = (claims.decision_id, claims.jti, "approved", claims.sub, claims.tool, claims.args_sha256)
     if facts != expected:
         raise TokenError("decision_mismatch", "the token does not match the approval recorded in the ledger")
-
-
-def _claims_dict(claims: CapabilityClaims) -> dict[str, Any]:
-    return asdict(claims)
