@@ -71,9 +71,16 @@ def require(permission: Permission) -> Callable[..., Awaitable[Principal]]:
     async def dependency(
         request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
     ) -> Principal:
-        principal = await authenticate(request, credentials)
-        if not principal.can(permission):
-            raise HTTPException(403, f"role {principal.role.value!r} lacks the {permission.value!r} permission")
-        return principal
+        return await authorize(request, credentials, permission)
 
     return dependency
+
+
+async def authorize(
+    request: Request, credentials: HTTPAuthorizationCredentials | None, permission: Permission
+) -> Principal:
+    """The authenticated principal, if its role holds ``permission``; else 401, 403 or 429."""
+    principal = await authenticate(request, credentials)
+    if not principal.can(permission):
+        raise HTTPException(403, f"role {principal.role.value!r} lacks the {permission.value!r} permission")
+    return principal

@@ -6,14 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
 
 from lexecon_core import __version__
 from lexecon_core.auth import Permission
 from lexecon_core.keys import jwks_of
-from lexecon_core.server._security import authenticate, bearer, limit_anonymous
+from lexecon_core.server._security import authorize, bearer, limit_anonymous
 from lexecon_core.server._state import state_of
 from lexecon_core.wire import ErrorResponse, Health, NodeInfo
 
@@ -63,11 +61,8 @@ async def metrics(request: Request) -> Response:
     state = state_of(request)
     if state.settings.metrics_public:
         await limit_anonymous(request)
-    else:
-        credentials: HTTPAuthorizationCredentials | None = await bearer(request)
-        principal = await authenticate(request, credentials)
-        if not principal.can(Permission.READ_METRICS):
-            raise HTTPException(403, f"role {principal.role.value!r} lacks the 'read_metrics' permission")
+    else:  # private by configuration, so the dependency cannot be declared on the route
+        await authorize(request, await bearer(request), Permission.READ_METRICS)
     body = await run_in_threadpool(state.metrics.render)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
