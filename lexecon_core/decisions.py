@@ -241,7 +241,9 @@ class LocalGovernor:
 
         token = expires = None
         if approved and jti is not None:
-            token, expires = self._sign_token(req, entry, decision_id, result.policy_version, jti, _issued_at(entry))
+            token, expires = self._sign_token(
+                req, args_sha256, entry, decision_id, result.policy_version, jti, _issued_at(entry)
+            )
         # Every field below was produced or validated above; skip re-validation on the hot path.
         return Decision.model_construct(
             decision_id=decision_id,
@@ -276,7 +278,14 @@ class LocalGovernor:
         return await asyncio.to_thread(self.decide, request, idempotency_key=idempotency_key, principal=principal)
 
     def _sign_token(
-        self, req: DecisionRequest, entry: LedgerEntry, decision_id: str, policy_version: str, jti: str, issued: int
+        self,
+        req: DecisionRequest,
+        args_sha256: str,
+        entry: LedgerEntry,
+        decision_id: str,
+        policy_version: str,
+        jti: str,
+        issued: int,
     ) -> tuple[str, int]:
         ttl = self.settings.token_ttl_seconds
         signer = self._node.keys.signer
@@ -284,7 +293,7 @@ class LocalGovernor:
             issuer=self._node.node_id,
             subject=req.actor,
             tool=req.tool,
-            args_sha256=req.args_sha256,
+            args_sha256=args_sha256,
             decision_id=decision_id,
             ledger_entry_id=entry.seq,
             ledger_entry_hash=entry.entry_hash.hex(),
@@ -310,9 +319,8 @@ class LocalGovernor:
         outcome = Outcome(data["outcome"])
         token = expires = None
         if outcome is Outcome.APPROVED and data.get("token_id"):
-            token, expires = self._sign_token(
-                req, entry, data["decision_id"], data["policy_version"], data["token_id"], _issued_at(entry)
-            )
+            ids = (data["decision_id"], data["policy_version"], data["token_id"])
+            token, expires = self._sign_token(req, args_sha256, entry, *ids, _issued_at(entry))
         risk = data["risk"]
         return Decision(
             decision_id=data["decision_id"],
