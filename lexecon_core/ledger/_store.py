@@ -25,7 +25,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from lexecon_core.errors import InvalidRequest, LedgerError, LexeconError
 from lexecon_core.keys import PublicKey, Signer, b64url, jwks_of
 from lexecon_core.ledger import _retention, _schema, _tree
-from lexecon_core.ledger._backend import DURABILITIES, Durability, backend_for
+from lexecon_core.ledger._backend import DURABILITIES, Durability, WalCheckpointer, backend_for
 from lexecon_core.ledger._bundle import write_bundle
 from lexecon_core.ledger._checkpoint import Checkpoint, origin_for
 from lexecon_core.ledger._entry import (
@@ -110,6 +110,7 @@ class Ledger:
         self._queue: list[_Request] = []
         self._writing = False
         self._conn: PoolProxiedConnection | None = None
+        self._wal: WalCheckpointer | None = None
         self.checkpoint_interval = checkpoint_interval  # sign a checkpoint every N entries (0: only on demand)
         self.retention_days = retention_days  # until a retention_policy entry says otherwise
         if durability not in DURABILITIES:
@@ -118,6 +119,7 @@ class Ledger:
             self._backend, url = backend_for(url)
             self._writer = self._backend.make_engine(url, writer=True, readonly=readonly, durability=durability)
             self._reader = self._backend.make_engine(url, writer=False, readonly=readonly, durability=durability)
+            self._wal = None if readonly else self._backend.wal_checkpointer(url, durability)
             if readonly:
                 check_tables(self._reader)
             else:
@@ -182,6 +184,8 @@ class Ledger:
             self._conn = None
 
     def close(self) -> None:
+        if self._wal is not None:
+            self._wal.close()
         with self._queue_lock:
             if self._conn is not None:
                 self._conn.close()
@@ -320,6 +324,8 @@ class Ledger:
             if rows:
                 cursor.executemany(self._insert_sql, rows)
             db.commit()  # durable (to the chosen level) when this returns
+            if self._wal is not None and rows:
+                self._wal.committed(len(rows))
         except BaseException as exc:
             self._abort_append()
             database_error = isinstance(exc, (*self._backend.errors, SQLAlchemyError))

@@ -1,0 +1,101 @@
+"""SQLite WAL checkpoints run on a background thread, not inside an append (lexecon_core/ledger/_backend.py)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from lexecon_core.keys import Signer
+from lexecon_core.ledger import Ledger, sqlite_url
+from lexecon_core.ledger._backend import WalCheckpointer, backend_for
+
+THREAD = "lexecon-wal-checkpoint"
+
+
+def checkpointer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == THREAD]
+
+
+@pytest.mark.parametrize("durability", ["fsync", "process"])
+def test_committed_pages_reach_the_database_file_without_an_append_doing_it(tmp_path: Path, durability: str) -> None:
+    path = tmp_path / "l.db"
+    signer = Signer.generate()
+    with Ledger(sqlite_url(path), node_id="n", signer=signer, durability=durability) as ledger:
+        before = path.stat().st_size
+        # ~7 WAL pages per entry: without the background thread these would sit in the WAL until the writer's
+        # backstop (10,000 pages); with it they are copied into the database every 128 entries.
+        for i in range(300):
+            ledger.append("note", {"i": i, "text": "x" * 200})
+        deadline = time.monotonic() + 20
+        while path.stat().st_size < before + 100_000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert path.stat().st_size >= before + 100_000
+        report = ledger.verify({signer.kid: signer.public})
+        assert report.valid and report.entries_verified == 301
+
+
+def test_the_writer_keeps_only_a_backstop_checkpoint(tmp_path: Path) -> None:
+    with Ledger(sqlite_url(tmp_path / "l.db"), node_id="n", signer=Signer.generate()) as ledger:
+        ledger.append("note", {"i": 1})
+        with ledger._writer.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 10_000
+
+
+def test_the_thread_starts_on_demand_and_stops_with_the_ledger(tmp_path: Path) -> None:
+    ledger = Ledger(sqlite_url(tmp_path / "l.db"), node_id="n", signer=Signer.generate())
+    already = len(checkpointer_threads())
+    for i in range(130):
+        ledger.append("note", {"i": i})
+    assert len(checkpointer_threads()) == already + 1
+    ledger.close()
+    assert len(checkpointer_threads()) == already
+
+
+def test_no_checkpointer_without_a_wal_file(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    with Ledger(sqlite_url(path), node_id="n", signer=Signer.generate()) as ledger:
+        ledger.append("note", {"i": 1})
+    with Ledger(sqlite_url(path), readonly=True) as reader:
+        assert reader._wal is None
+    backend, url = backend_for("sqlite://")
+    assert backend.wal_checkpointer(url, "fsync") is None  # an in-memory database has no WAL
+
+
+def test_a_failing_checkpoint_is_logged_and_the_thread_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = tmp_path / "no-such-dir" / "l.db"  # sqlite cannot open it: every checkpoint fails
+    checkpointer = WalCheckpointer(str(missing), synchronous="NORMAL", every=1)
+    try:
+        with caplog.at_level("WARNING", logger="lexecon.ledger"):
+            checkpointer.committed(1)
+            deadline = time.monotonic() + 10
+            while not caplog.records and time.monotonic() < deadline:
+                time.sleep(0.02)
+        assert "background WAL checkpoint of the ledger failed" in caplog.text
+        caplog.clear()
+        checkpointer.committed(1)  # still serving
+        deadline = time.monotonic() + 10
+        while not caplog.records and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert caplog.records
+    finally:
+        checkpointer.close()
+    assert checkpointer._thread is not None and not checkpointer._thread.is_alive()
+
+
+def test_checkpoints_do_not_block_concurrent_readers(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    with Ledger(sqlite_url(path), node_id="n", signer=Signer.generate()) as ledger:
+        reader = sqlite3.connect(path)
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM ledger_entries").fetchone()[0] >= 1  # holds a snapshot
+        for i in range(300):
+            ledger.append("note", {"i": i})
+        reader.rollback()
+        reader.close()
+        assert ledger.head()[0] == 301
