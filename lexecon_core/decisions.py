@@ -244,8 +244,9 @@ class LocalGovernor:
             token, expires = self._sign_token(
                 req, args_sha256, entry, decision_id, result.policy_version, jti, _issued_at(entry)
             )
-        # Every field below was produced or validated above; skip re-validation on the hot path.
-        return Decision.model_construct(
+        # Validated, not model_construct(): pydantic-core checks these fields in about half the time that
+        # model_construct() takes to fill them in from Python.
+        return Decision(
             decision_id=decision_id,
             outcome=result.outcome,
             reasoning=result.reason,

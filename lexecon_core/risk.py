@@ -182,9 +182,26 @@ class RiskRules(BaseModel):
         for position, dc_rule in enumerate(self.data_class_rules):
             classes.add(dc_rule.pattern, (position, dc_rule))
         self._tool_index, self._class_index = tools, classes
+        self._matches = {}
 
     _tool_index: _glob.PatternIndex[tuple[int, ToolRule]] = PrivateAttr()
     _class_index: _glob.PatternIndex[tuple[int, DataClassRule]] = PrivateAttr()
+    _matches: dict[tuple[bool, str], tuple[_ScoredRule, ...]] = PrivateAttr()
+
+    def matching(self, *, tool: str | None = None, data_class: str | None = None) -> tuple[_ScoredRule, ...]:
+        """The tool rules matching ``tool`` (or the data-class rules matching ``data_class``), in rule order.
+
+        Memoised: an agent calls the same few tools over and over, and the rules never change (the model is frozen),
+        so each name is glob-matched against the rules once. Bounded: past 4,096 names the memo starts again."""
+        key = (tool is not None, tool if tool is not None else data_class or "")
+        found = self._matches.get(key)
+        if found is None:
+            index = self._tool_index if tool is not None else self._class_index
+            found = tuple(rule for _, rule in sorted(index.lookup(key[1]), key=_position))
+            if len(self._matches) >= 4096:
+                self._matches.clear()
+            self._matches[key] = found
+        return found
 
     def level_for(self, score: int) -> RiskLevel:
         if score >= self.thresholds[RiskLevel.CRITICAL]:
@@ -292,10 +309,10 @@ def assess(
                 scores[dim] = value
 
     if tool:
-        for _, rule in sorted(rules._tool_index.lookup(tool), key=_position):
+        for rule in rules.matching(tool=tool):
             contribute(f"tool:{rule.pattern}", rule.scores)
     for data_class in data_classes:
-        for _, dc_rule in sorted(rules._class_index.lookup(data_class), key=_position):
+        for dc_rule in rules.matching(data_class=data_class):
             contribute(f"data_class:{dc_rule.pattern}", dc_rule.scores)
     if context:
         for ctx_rule in rules.context_rules:

@@ -135,3 +135,20 @@ def test_context_values_are_matched_as_the_policy_engine_matches_them() -> None:
 def test_declared_floor_is_bounded() -> None:
     with pytest.raises(ConfigError, match="declared_floor"):
         RiskRules.from_mapping({"declared_floor": {"critical": 150}})
+
+
+@given(st.lists(st.sampled_from(["delete_user", "refund", "send_email", "lookup", "run_sql", "x", ""]), max_size=20))
+def test_memoised_rule_matches_equal_a_fresh_match(tools: list[str]) -> None:
+    fresh = RiskRules.model_validate(DEFAULT_RULES.model_dump())  # its own, empty memo
+    for tool in tools:
+        expected = tuple(rule for _, rule in sorted(fresh._tool_index.lookup(tool), key=lambda item: item[0]))
+        assert DEFAULT_RULES.matching(tool=tool) == expected
+        assert assess(tool=tool, data_classes=("pii",)) == assess(tool=tool, data_classes=("pii",), rules=fresh)
+
+
+def test_rule_memo_is_bounded() -> None:
+    rules = RiskRules.model_validate(DEFAULT_RULES.model_dump())
+    for i in range(5000):
+        assert rules.matching(tool=f"tool_{i}") == ()
+    assert rules.matching(tool="delete_user") and rules.matching(data_class="pii")
+    assert len(rules._matches) <= 4096
