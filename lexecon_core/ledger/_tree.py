@@ -6,7 +6,7 @@ ledger's write lock, so the tree always describes a prefix of the chain.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,14 +109,15 @@ def grow(conn: Connection) -> CompactRange:
         edge = CompactRange(size, [found[p] for p in positions])
     else:
         edge = CompactRange()
-    pending: list[dict[str, Any]] = []
+    store = _node_writer(conn)
+    pending: list[tuple[int, int, bytes]] = []
     for digest in _entry_hashes(conn, size):
-        pending.extend({"level": lv, "idx": ix, "hash": h} for lv, ix, h in edge.append(leaf_hash(digest)))
+        pending.extend(edge.append(leaf_hash(digest)))
         if len(pending) >= 8192:
-            conn.execute(insert(_t), pending)
+            store(pending)
             pending.clear()
     if pending:
-        conn.execute(insert(_t), pending)
+        store(pending)
     if edge.size != size:
         value = str(edge.size)
         if size:
@@ -124,6 +125,23 @@ def grow(conn: Connection) -> CompactRange:
         else:
             conn.execute(insert(_meta).values(key=_TREE_SIZE_KEY, value=value))
     return edge
+
+
+def _node_writer(conn: Connection) -> Callable[[list[tuple[int, int, bytes]]], None]:
+    """Inserts ``(level, idx, hash)`` rows through the driver's executemany: a checkpoint stores ~2 nodes per new
+    entry, and SQLAlchemy's per-row parameter processing cost more than the inserts (it runs under the write lock)."""
+    compiled = insert(_t).compile(dialect=conn.dialect)
+    sql, order = str(compiled), compiled.positiontup
+    if order is not None and list(order) != ["level", "idx", "hash"]:
+        raise LedgerError("unexpected parameter order in the compiled tree insert")
+
+    def store(rows: list[tuple[int, int, bytes]]) -> None:
+        if order is not None:
+            conn.exec_driver_sql(sql, rows)
+        else:
+            conn.exec_driver_sql(sql, [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in rows])
+
+    return store
 
 
 def checkpoint(conn: Connection, signer: Signer, origin: str) -> Checkpoint:
