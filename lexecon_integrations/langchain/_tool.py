@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -27,13 +28,21 @@ class GovernanceToolException(ToolException):
 
 def _forward(method: Any, kwargs: dict[str, Any], config: RunnableConfig, run_manager: Any) -> dict[str, Any]:
     """Pass ``config``/``run_manager`` on only if the wrapped tool's own method takes them."""
-    params = inspect.signature(method).parameters
-    takes_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    if "config" in params or takes_var_kw:
+    takes_config, takes_run_manager = _takes(getattr(method, "__func__", method))
+    if takes_config:
         kwargs["config"] = config
-    if "run_manager" in params or takes_var_kw:
+    if takes_run_manager:
         kwargs["run_manager"] = run_manager
     return kwargs
+
+
+@functools.lru_cache(maxsize=256)
+def _takes(function: Any) -> tuple[bool, bool]:
+    """Whether ``function`` accepts ``config`` and ``run_manager``; read once per function (every call used to pay
+    for ``inspect.signature``)."""
+    params = inspect.signature(function).parameters
+    takes_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return "config" in params or takes_var_kw, "run_manager" in params or takes_var_kw
 
 
 @functools.cache
@@ -59,6 +68,10 @@ def _governed_class(base: type[BaseTool]) -> type[BaseTool]:
             return GovernanceToolException(verdict)
 
     Governed.__name__ = Governed.__qualname__ = f"Governed{base.__name__}"
+    for method in (Governed._run, Governed._arun):
+        # LangChain reads these hints on every call (to find the RunnableConfig parameter); resolved once here, they
+        # are not re-evaluated from their string form (this module's annotations are strings) each time.
+        method.__annotations__ = typing.get_type_hints(method)
     return Governed
 
 

@@ -290,6 +290,23 @@ def test_govern_tool_raise_mode(governor: LocalGovernor, rec: Recorder, monkeypa
     assert rec.calls == []
 
 
+def test_govern_tool_hands_langchain_resolved_hints(governor: LocalGovernor, rec: Recorder) -> None:
+    # LangChain looks for the RunnableConfig parameter by reading _run's type hints on every call; resolved objects,
+    # not strings, spare it an eval of each annotation per call.
+    from langchain_core.runnables import RunnableConfig
+
+    from lexecon_integrations.langchain._tool import _takes
+
+    search = govern_tool(rec.search, governor, actor=ACTOR)
+    for method in (type(search)._run, type(search)._arun):
+        assert method.__annotations__["config"] is RunnableConfig
+    search.invoke({"q": "a"})
+    before = _takes.cache_info().hits
+    search.invoke({"q": "b"})
+    assert _takes.cache_info().hits == before + 1  # the wrapped tool's signature is read once, not per call
+    assert rec.ran("search") == 2
+
+
 def test_govern_tool_works_inside_an_agent(governor: LocalGovernor, rec: Recorder) -> None:
     tools = govern_tools(rec.tools, governor, actor=ACTOR)
     agent = create_agent(scripted(PARALLEL_TURN, "done"), tools=tools)
