@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,72 @@ def test_no_checkpointer_without_a_wal_file(tmp_path: Path) -> None:
     with Ledger(sqlite_url(path), readonly=True) as reader:
         assert reader._wal is None
     backend, url = backend_for("sqlite://")
-    assert backend.wal_checkpointer(url, "fsync") is None  # an in-memory database has no WAL
+    engine = backend.make_engine(url, writer=True, readonly=False, durability="fsync")
+    assert backend.wal_checkpointer(engine, "fsync") is None  # an in-memory database has no WAL
+    engine.dispose()
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return condition()
+
+
+def test_an_idle_thread_exits_and_comes_back_when_needed(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    sqlite3.connect(path).execute("PRAGMA journal_mode=WAL").close()
+    checkpointer = WalCheckpointer(str(path), synchronous="NORMAL", every=1, idle=0.1)
+    try:
+        checkpointer.committed(1)
+        first = checkpointer._thread
+        assert first is not None
+        assert wait_for(lambda: not first.is_alive())  # nothing more to do: gone, with its connection
+        assert checkpointer._thread is None
+        checkpointer.committed(1)
+        assert checkpointer._thread is not None and checkpointer._thread is not first
+    finally:
+        checkpointer.close()
+
+
+def test_an_append_succeeds_when_no_thread_can_be_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    signer = Signer.generate()
+    with Ledger(sqlite_url(tmp_path / "l.db"), node_id="n", signer=signer) as ledger:
+        for i in range(126):  # with the genesis entry, 127 committed: one short of a checkpoint request
+            ledger.append("note", {"i": i})
+
+        def refuse(self: threading.Thread) -> None:
+            raise RuntimeError("can't start new thread")
+
+        monkeypatch.setattr(threading.Thread, "start", refuse)
+        with caplog.at_level("WARNING", logger="lexecon.ledger"):
+            entry = ledger.append("note", {"i": 126})  # the one that asks for a checkpoint
+        assert entry.seq == 128 and ledger.head()[0] == 128
+        assert "cannot start the background WAL checkpointer" in caplog.text
+        monkeypatch.undo()
+        for i in range(128):  # a later request starts it after all
+            ledger.append("note", {"i": i})
+        assert ledger._wal is not None and ledger._wal._thread is not None
+    # and close() worked: the thread is gone
+    assert wait_for(lambda: not checkpointer_threads())
+
+
+def test_a_forked_child_starts_its_own_thread(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    sqlite3.connect(path).execute("PRAGMA journal_mode=WAL").close()
+    checkpointer = WalCheckpointer(str(path), synchronous="NORMAL", every=1)
+    try:
+        checkpointer.committed(1)
+        parents = checkpointer._thread
+        checkpointer._pid = -1  # as a forked child sees it: the thread above belongs to another process
+        checkpointer.committed(1)
+        assert checkpointer._thread is not None and checkpointer._thread is not parents
+    finally:
+        checkpointer.close()
+        if parents is not None:
+            parents.join(timeout=10)
 
 
 def test_a_failing_checkpoint_is_logged_and_the_thread_goes_on(
@@ -83,9 +149,10 @@ def test_a_failing_checkpoint_is_logged_and_the_thread_goes_on(
         while not caplog.records and time.monotonic() < deadline:
             time.sleep(0.02)
         assert caplog.records
+        thread = checkpointer._thread
     finally:
         checkpointer.close()
-    assert checkpointer._thread is not None and not checkpointer._thread.is_alive()
+    assert thread is not None and not thread.is_alive()
 
 
 def test_checkpoints_do_not_block_concurrent_readers(tmp_path: Path) -> None:

@@ -84,39 +84,62 @@ class WalCheckpointer:
     thread only counts the entries it commits; every ``every`` entries a daemon thread with its own connection runs
     a PASSIVE checkpoint, which never blocks appenders or readers (and releases the GIL while it copies). Durability
     is unchanged: a checkpoint moves committed pages, it does not decide what is committed.
+
+    The thread exits after ``idle`` seconds without work (and is started again when needed), so a ledger that is
+    never closed leaves nothing running; a forked child starts its own. If no thread can be started, the writers'
+    backstop checkpoint (``_WAL_BACKSTOP_PAGES``) still bounds the WAL.
     """
 
-    def __init__(self, path: str, *, synchronous: str, every: int = 128) -> None:
+    def __init__(self, path: str, *, synchronous: str, every: int = 128, idle: float = 5.0) -> None:
         self._path = path
         self._synchronous = synchronous
         self.every = every
+        self._idle = idle
         self._pending = 0
-        self._wake = threading.Event()
         self._closed = False
+        self._reset()
+
+    def _reset(self) -> None:
+        # Also what a forked child runs: the parent's thread does not exist there, and its lock may be held.
+        self._pid = os.getpid()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._start = threading.Lock()
 
     def committed(self, entries: int) -> None:
-        """Called by the appending thread after a commit; starts a checkpoint every ``every`` entries."""
+        """Called by the appending thread after a commit; asks for a checkpoint every ``every`` entries. Never
+        raises: the entries are committed whatever happens here."""
         self._pending += entries
         if self._pending < self.every:
             return
         self._pending = 0
-        if self._thread is None:
-            with self._start:
-                if self._thread is None and not self._closed:
-                    self._thread = threading.Thread(target=self._run, name="lexecon-wal-checkpoint", daemon=True)
-                    self._thread.start()
-        self._wake.set()
+        if self._pid != os.getpid():
+            self._reset()
+        with self._lock:
+            if self._closed:
+                return
+            self._wake.set()
+            if self._thread is not None:
+                return
+            thread = threading.Thread(target=self._run, name="lexecon-wal-checkpoint", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as exc:  # no thread to be had (resource limits, interpreter shutdown)
+                logger.warning("cannot start the background WAL checkpointer of the ledger: %s", exc)
+                return
+            self._thread = thread
 
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
         try:
             while True:
-                self._wake.wait()
-                self._wake.clear()
-                if self._closed:
-                    return
+                woken = self._wake.wait(self._idle)
+                with self._lock:
+                    if self._closed or not (woken or self._wake.is_set()):
+                        if self._thread is threading.current_thread():
+                            self._thread = None
+                        return
+                    self._wake.clear()
                 try:
                     if conn is None:
                         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
@@ -129,11 +152,11 @@ class WalCheckpointer:
                 conn.close()
 
     def close(self) -> None:
-        with self._start:
+        with self._lock:
             self._closed = True
             thread = self._thread
         self._wake.set()
-        if thread is not None:
+        if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=30)
 
 
@@ -148,12 +171,14 @@ class Backend:
     def writer_turn(self) -> contextlib.AbstractContextManager[None]:
         return self.queue.turn() if self.queue is not None else contextlib.nullcontext()
 
-    def wal_checkpointer(self, url: str, durability: Durability) -> WalCheckpointer | None:
+    def wal_checkpointer(self, engine: Engine, durability: Durability) -> WalCheckpointer | None:
         """A background WAL checkpointer for a SQLite database file; None where there is no WAL to checkpoint."""
-        database = make_url(url).database
-        if self.name != "sqlite" or not database or database == ":memory:":
+        if self.name != "sqlite":
             return None
-        return WalCheckpointer(database, synchronous=_sqlite_synchronous(durability))
+        with engine.connect() as conn:  # the file SQLite itself opened: URI and relative paths resolved
+            databases = conn.exec_driver_sql("PRAGMA database_list").all()
+        path = next((str(row[2]) for row in databases if row[1] == "main"), "")
+        return WalCheckpointer(path, synchronous=_sqlite_synchronous(durability)) if path else None
 
     def make_engine(self, url: str, *, writer: bool, readonly: bool, durability: Durability) -> Engine:
         # A database that does not answer must fail the request soon (fail closed), not after the OS's TCP timeout.

@@ -119,7 +119,8 @@ class Ledger:
             self._backend, url = backend_for(url)
             self._writer = self._backend.make_engine(url, writer=True, readonly=readonly, durability=durability)
             self._reader = self._backend.make_engine(url, writer=False, readonly=readonly, durability=durability)
-            self._wal = None if readonly else self._backend.wal_checkpointer(url, durability)
+            if not readonly:
+                self._wal = self._backend.wal_checkpointer(self._writer, durability)
             if readonly:
                 check_tables(self._reader)
             else:
@@ -290,6 +291,8 @@ class Ledger:
     def _write_batch(self, batch: list[_Request]) -> None:
         with self._backend.writer_turn():
             self._write_batch_now(batch)
+        if self._wal is not None:  # after the commit and outside it: nothing here can fail a written entry
+            self._wal.committed(sum(1 for item in batch if item.entry is not None and not item.existed))
 
     def _write_batch_now(self, batch: list[_Request]) -> None:
         cursor = None
@@ -324,8 +327,6 @@ class Ledger:
             if rows:
                 cursor.executemany(self._insert_sql, rows)
             db.commit()  # durable (to the chosen level) when this returns
-            if self._wal is not None and rows:
-                self._wal.committed(len(rows))
         except BaseException as exc:
             self._abort_append()
             database_error = isinstance(exc, (*self._backend.errors, SQLAlchemyError))

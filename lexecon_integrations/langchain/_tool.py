@@ -28,7 +28,11 @@ class GovernanceToolException(ToolException):
 
 def _forward(method: Any, kwargs: dict[str, Any], config: RunnableConfig, run_manager: Any) -> dict[str, Any]:
     """Pass ``config``/``run_manager`` on only if the wrapped tool's own method takes them."""
-    takes_config, takes_run_manager = _takes(getattr(method, "__func__", method))
+    function = getattr(method, "__func__", method)
+    try:
+        takes_config, takes_run_manager = _takes(function)
+    except TypeError:  # an unhashable callable: read its signature every time
+        takes_config, takes_run_manager = _takes.__wrapped__(function)
     if takes_config:
         kwargs["config"] = config
     if takes_run_manager:
