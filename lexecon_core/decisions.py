@@ -181,6 +181,17 @@ class LocalGovernor:
         instead of making another - the same decision id, ledger entry and token id - even across processes that
         share the ledger. ``principal`` (who authenticated the request, e.g. ``apikey:<id>``) is recorded.
         """
+        return self.decide_once(request, idempotency_key=idempotency_key, principal=principal)[0]
+
+    def decide_once(
+        self,
+        request: DecisionRequest | Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        principal: str | None = None,
+    ) -> tuple[Decision, bool]:
+        """:meth:`decide`, and whether the decision was made by this call (False: a repeat of an idempotency key,
+        answered from the ledger) - for callers that count decisions, such as the server's metrics."""
         req = DecisionRequest.parse(request)
         args_sha256 = req.args_sha256
         # A keyed request's decision id is derived from the key; the ledger writes at most one entry per decision id
@@ -233,7 +244,7 @@ class LocalGovernor:
             else:
                 entry, created = self._node.ledger.append_once("decision", record)
                 if not created:  # a repeat: the first decision stands
-                    return self._replay(entry, req, args_sha256)
+                    return self._replay(entry, req, args_sha256), False
         except LedgerError as exc:
             raise GovernanceError(
                 f"decision for tool {req.tool!r} could not be recorded, so it is refused: {exc}"
@@ -266,7 +277,7 @@ class LocalGovernor:
             token_expires_at=expires,
             escalation_id=escalation_id,
             created_at=entry.created_at,
-        )
+        ), True
 
     async def adecide(
         self,

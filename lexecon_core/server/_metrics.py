@@ -61,6 +61,11 @@ class ServerMetrics:
     def __init__(self, ledger: Ledger) -> None:
         self.registry = CollectorRegistry()
         self.decisions = Counter("lexecon_decisions", "decisions made, by outcome", ["outcome"], registry=self.registry)
+        self.decision_replays = Counter(
+            "lexecon_decision_replays",
+            "POST /decide retries answered with the decision their Idempotency-Key already has",
+            registry=self.registry,
+        )
         self.decision_seconds = Histogram(
             "lexecon_decision_seconds",
             "time to decide, record and sign, as seen by POST /decide",

@@ -1013,6 +1013,15 @@ def test_metrics(app: FastAPI, client: TestClient, keys: dict[Role, str]) -> Non
     assert metric_samples(client.get("/metrics").text)[("lexecon_ledger_verify_valid", frozenset())] == 1
 
 
+def test_metrics_count_a_retry_as_a_replay_not_a_decision(client: TestClient, keys: dict[Role, str]) -> None:
+    for _ in range(3):
+        decide(client, keys[Role.AGENT], SEARCH, **{"Idempotency-Key": "order-9"})
+    samples = metric_samples(client.get("/metrics").text)
+    assert samples[("lexecon_decisions_total", frozenset({("outcome", "approved")}))] == 1
+    assert samples[("lexecon_decision_replays_total", frozenset())] == 2
+    assert samples[("lexecon_decision_seconds_count", frozenset())] == 3  # every request's time is still observed
+
+
 # -- key rotation and the shared replay cache -------------------------------------------------------------------------
 
 

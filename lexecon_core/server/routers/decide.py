@@ -53,11 +53,14 @@ async def decide(
     started = time.perf_counter()
     # The governor blocks on the ledger commit; the thread pool keeps the event loop free, and lets concurrent
     # requests share one commit (group commit).
-    decision: Decision = await run_in_threadpool(
-        state.governor.decide, body, idempotency_key=idempotency_key, principal=principal.label
+    decision, made = await run_in_threadpool(
+        state.governor.decide_once, body, idempotency_key=idempotency_key, principal=principal.label
     )
     state.metrics.decision_seconds.observe(time.perf_counter() - started)
-    state.metrics.decisions.labels(decision.outcome.value).inc()
+    if made:
+        state.metrics.decisions.labels(decision.outcome.value).inc()
+    else:  # a retry answered from the ledger: the decision was counted when it was made
+        state.metrics.decision_replays.inc()
     # Serialised directly: every field was built by the governor, re-validating it would only cost time.
     return Response(decision.model_dump_json(), media_type="application/json")
 
