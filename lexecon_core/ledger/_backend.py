@@ -172,7 +172,9 @@ class Backend:
         return self.queue.turn() if self.queue is not None else contextlib.nullcontext()
 
     def wal_checkpointer(self, engine: Engine, durability: Durability) -> WalCheckpointer | None:
-        """A background WAL checkpointer for a SQLite database file; None where there is no WAL to checkpoint."""
+        """A background WAL checkpointer for a SQLite database file; None where there is no WAL to checkpoint.
+
+        ``engine`` is a reader engine: on a writer engine the first statement would take the write lock."""
         if self.name != "sqlite":
             return None
         with engine.connect() as conn:  # the file SQLite itself opened: URI and relative paths resolved

@@ -119,12 +119,11 @@ class Ledger:
             self._backend, url = backend_for(url)
             self._writer = self._backend.make_engine(url, writer=True, readonly=readonly, durability=durability)
             self._reader = self._backend.make_engine(url, writer=False, readonly=readonly, durability=durability)
-            if not readonly:
-                self._wal = self._backend.wal_checkpointer(self._writer, durability)
             if readonly:
                 check_tables(self._reader)
             else:
                 ensure_schema(self._writer, self._reader)
+                self._wal = self._backend.wal_checkpointer(self._reader, durability)
             # The append path runs these pre-compiled statements directly: SQL compiled once from the Table, not
             # hand-written, in the driver's own parameter style (positional for sqlite3, named for psycopg).
             self._head_sql = str(_HEAD.compile(dialect=self._writer.dialect, compile_kwargs={"literal_binds": True}))
