@@ -1,4 +1,5 @@
-"""SQLite WAL checkpoints run on a background thread, not inside an append (lexecon_core/ledger/_backend.py)."""
+"""With ``process`` durability, SQLite WAL checkpoints run on a background thread, not inside an append
+(lexecon_core/ledger/_backend.py); with ``fsync`` durability SQLite's own checkpointing stays."""
 
 from __future__ import annotations
 
@@ -21,11 +22,10 @@ def checkpointer_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == THREAD]
 
 
-@pytest.mark.parametrize("durability", ["fsync", "process"])
-def test_committed_pages_reach_the_database_file_without_an_append_doing_it(tmp_path: Path, durability: str) -> None:
+def test_committed_pages_reach_the_database_file_without_an_append_doing_it(tmp_path: Path) -> None:
     path = tmp_path / "l.db"
     signer = Signer.generate()
-    with Ledger(sqlite_url(path), node_id="n", signer=signer, durability=durability) as ledger:
+    with Ledger(sqlite_url(path), node_id="n", signer=signer, durability="process") as ledger:
         before = path.stat().st_size
         # ~7 WAL pages per entry: without the background thread these would sit in the WAL until the writer's
         # backstop (10,000 pages); with it they are copied into the database every 128 entries.
@@ -39,15 +39,17 @@ def test_committed_pages_reach_the_database_file_without_an_append_doing_it(tmp_
         assert report.valid and report.entries_verified == 301
 
 
-def test_the_writer_keeps_only_a_backstop_checkpoint(tmp_path: Path) -> None:
-    with Ledger(sqlite_url(tmp_path / "l.db"), node_id="n", signer=Signer.generate()) as ledger:
+@pytest.mark.parametrize(("durability", "pages"), [("process", 10_000), ("fsync", 1_000)])
+def test_the_writer_keeps_only_a_backstop_checkpoint(tmp_path: Path, durability: str, pages: int) -> None:
+    with Ledger(sqlite_url(tmp_path / "l.db"), node_id="n", signer=Signer.generate(), durability=durability) as ledger:
         ledger.append("note", {"i": 1})
         with ledger._writer.connect() as conn:
-            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 10_000
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == pages
+        assert (ledger._wal is not None) is (durability == "process")  # fsync: SQLite checkpoints as it commits
 
 
 def test_the_thread_starts_on_demand_and_stops_with_the_ledger(tmp_path: Path) -> None:
-    ledger = Ledger(sqlite_url(tmp_path / "l.db"), node_id="n", signer=Signer.generate())
+    ledger = Ledger(sqlite_url(tmp_path / "l.db"), node_id="n", signer=Signer.generate(), durability="process")
     already = len(checkpointer_threads())
     for i in range(130):
         ledger.append("note", {"i": i})
@@ -63,8 +65,8 @@ def test_no_checkpointer_without_a_wal_file(tmp_path: Path) -> None:
     with Ledger(sqlite_url(path), readonly=True) as reader:
         assert reader._wal is None
     backend, url = backend_for("sqlite://")
-    engine = backend.make_engine(url, writer=True, readonly=False, durability="fsync")
-    assert backend.wal_checkpointer(engine, "fsync") is None  # an in-memory database has no WAL
+    engine = backend.make_engine(url, writer=True, readonly=False, durability="process")
+    assert backend.wal_checkpointer(engine, "process") is None  # an in-memory database has no WAL
     engine.dispose()
 
 
@@ -95,7 +97,7 @@ def test_an_append_succeeds_when_no_thread_can_be_started(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     signer = Signer.generate()
-    with Ledger(sqlite_url(tmp_path / "l.db"), node_id="n", signer=signer) as ledger:
+    with Ledger(sqlite_url(tmp_path / "l.db"), node_id="n", signer=signer, durability="process") as ledger:
         for i in range(126):  # with the genesis entry, 127 committed: one short of a checkpoint request
             ledger.append("note", {"i": i})
 
@@ -157,7 +159,7 @@ def test_a_failing_checkpoint_is_logged_and_the_thread_goes_on(
 
 def test_checkpoints_do_not_block_concurrent_readers(tmp_path: Path) -> None:
     path = tmp_path / "l.db"
-    with Ledger(sqlite_url(path), node_id="n", signer=Signer.generate()) as ledger:
+    with Ledger(sqlite_url(path), node_id="n", signer=Signer.generate(), durability="process") as ledger:
         reader = sqlite3.connect(path)
         reader.execute("BEGIN")
         assert reader.execute("SELECT count(*) FROM ledger_entries").fetchone()[0] >= 1  # holds a snapshot
