@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -11,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from lexecon_core import load_settings
 from lexecon_core.auth import Role
+from lexecon_core.ledger import Ledger
 from lexecon_core.server import create_app
 
 
@@ -37,3 +39,14 @@ def client(app: FastAPI) -> Iterator[TestClient]:
 
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+def ledger_of(app: FastAPI) -> Ledger:
+    return app.state.lexecon.governor.node.ledger  # type: ignore[no-any-return]
+
+
+def decide(client: TestClient, key: str, body: dict[str, Any], **headers: str) -> Any:
+    """POST /decide, asserting it succeeded; the decision as JSON."""
+    response = client.post("/decide", json=body, headers={**auth(key), **headers})
+    assert response.status_code == 200, response.text
+    return response.json()

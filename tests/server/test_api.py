@@ -26,12 +26,12 @@ from sqlalchemy import create_engine
 from lexecon_core import init_node, load_settings
 from lexecon_core.auth import Role
 from lexecon_core.keys import b64url
-from lexecon_core.ledger import Ledger
 from lexecon_core.ledger._bundle import verify_bundle
 from lexecon_core.ledger._checkpoint import origin_for, verify_checkpoint
 from lexecon_core.ledger._merkle import leaf_hash, verify_inclusion
 from lexecon_core.server import create_app, sync_policy
 from lexecon_core.tokens import capability_claims, sign_claims
+from tests.server.conftest import auth, decide, ledger_of
 
 API_KEY_RE = r"^lxk_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$"
 
@@ -50,22 +50,8 @@ NEW_POLICY = {
 }
 
 
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
 def key_id(key: str) -> str:
     return key[4:20]
-
-
-def ledger_of(app: FastAPI) -> Ledger:
-    return app.state.lexecon.governor.node.ledger  # type: ignore[no-any-return]
-
-
-def decide(client: TestClient, key: str, body: dict[str, Any], **headers: str) -> Any:
-    response = client.post("/decide", json=body, headers={**auth(key), **headers})
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def token_claims(token: str) -> dict[str, Any]:

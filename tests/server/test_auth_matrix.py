@@ -23,13 +23,10 @@ from lexecon_core import init_node, load_settings
 from lexecon_core.auth import PERMISSIONS, Permission, Role
 from lexecon_core.policy import parse_policy_text
 from lexecon_core.server import create_app
+from tests.server.conftest import auth
 
 PUBLIC = "public"  # no credential needed
 METRICS = "metrics"  # public unless LEXECON_METRICS_PUBLIC=false, then READ_METRICS
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 # -- the matrix ------------------------------------------------------------------------------------------------------

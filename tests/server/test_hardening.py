@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from lexecon_core import load_settings
 from lexecon_core.auth import Role
 from lexecon_core.server import create_app
+from tests.server.conftest import auth
 
 SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",
@@ -29,10 +30,6 @@ SECURITY_HEADERS = {
 }
 SEARCH = {"actor": "ai_agent:support", "tool": "search", "tool_args": {"q": "x"}}
 LIMIT = 4096  # LEXECON_MAX_REQUEST_BYTES in these tests
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def make_app(home: Path, **overrides: Any) -> FastAPI:

@@ -31,6 +31,7 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 from lexecon_core import load_settings  # noqa: E402
 from lexecon_core.auth import Role  # noqa: E402
 from lexecon_core.server import create_app  # noqa: E402
+from tests.server.conftest import auth  # noqa: E402
 
 CHECKS = [
     not_a_server_error,
@@ -49,10 +50,6 @@ def _fuzz(max_examples: int) -> Any:
         database=None,
         suppress_health_check=list(HealthCheck),
     )
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture

@@ -20,16 +20,12 @@ from sqlalchemy import create_engine, text
 
 from lexecon_core import LedgerError, init_node, load_settings
 from lexecon_core.auth import Role
-from lexecon_core.ledger import Ledger
 from lexecon_core.ledger._bundle import verify_bundle
 from lexecon_core.server import create_app, sync_policy
+from tests.server.conftest import auth, decide, ledger_of
 
 SEARCH = {"actor": "ai_agent:support", "tool": "search", "tool_args": {"q": "x"}}
 NUL_ACTOR = {"actor": "ai_agent:x\u0000", "tool": "search"}
-
-
-def auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def key_id(key: str) -> str:
@@ -70,16 +66,6 @@ def pg_keys(pg_app: FastAPI) -> dict[Role, str]:
 def pg_client(pg_app: FastAPI) -> Iterator[TestClient]:
     with TestClient(pg_app, raise_server_exceptions=False) as client:
         yield client
-
-
-def ledger_of(app: FastAPI) -> Ledger:
-    return app.state.lexecon.governor.node.ledger  # type: ignore[no-any-return]
-
-
-def decide(client: TestClient, key: str, body: dict[str, Any], **headers: str) -> Any:
-    response = client.post("/decide", json=body, headers={**auth(key), **headers})
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def test_health(pg_client: TestClient) -> None:
