@@ -25,7 +25,7 @@ from lexecon_core.keys import PublicKey
 from lexecon_core.ledger import LedgerEntry, VerificationReport
 from lexecon_core.node import Node, open_node
 from lexecon_core.policy import Outcome, PolicyEngine, PolicyMode
-from lexecon_core.risk import RiskLevel, RiskRules, assess, load_risk_rules
+from lexecon_core.risk import DeclaredRiskLevel, RiskLevel, RiskRules, assess, load_risk_rules
 from lexecon_core.tokens import (
     DEFAULT_REPLAY_CACHE,
     CapabilityClaims,
@@ -54,7 +54,9 @@ class DecisionRequest(BaseModel):
     tool_args: dict[str, Any] = Field(default_factory=dict, description="hashed, never stored")
     user_intent: str = Field(default="", max_length=4096)
     data_classes: tuple[str, ...] = Field(default=(), max_length=64)
-    risk_level: RiskLevel | None = Field(default=None, description="declared risk; raises the computed floor")
+    risk_level: DeclaredRiskLevel | None = Field(
+        default=None, description="declared risk, a level name or 1-5; raises the computed floor"
+    )
     policy_mode: PolicyMode | None = Field(default=None, description="may tighten the node's mode, never loosen it")
     context: dict[str, Any] = Field(default_factory=dict)
 
@@ -90,7 +92,9 @@ class DecisionRequest(BaseModel):
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "request"
-            raise InvalidRequest(f"invalid decision request: {where}: {first['msg']}") from None
+            raise InvalidRequest(
+                f"invalid decision request: {where}: {first['msg'].removeprefix('Value error, ')}"
+            ) from None
         except (TypeError, ValueError):
             raise InvalidRequest("a decision request must be a mapping") from None
 

@@ -20,10 +20,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from lexecon_core import _glob
 from lexecon_core.errors import ConfigError
@@ -31,7 +41,9 @@ from lexecon_core.errors import ConfigError
 __all__ = [
     "DEFAULT_RULES",
     "DIMENSIONS",
+    "RISK_LEVEL_NUMBERS",
     "ContextRule",
+    "DeclaredRiskLevel",
     "DataClassRule",
     "RiskAssessment",
     "RiskLevel",
@@ -69,6 +81,42 @@ class RiskLevel(StrEnum):
 
 
 _LEVEL_RANK = {RiskLevel.LOW: 0, RiskLevel.MEDIUM: 1, RiskLevel.HIGH: 2, RiskLevel.CRITICAL: 3}
+
+#: How a declared risk level given as a number (the seed's 1-5 scale) maps onto the four levels.
+RISK_LEVEL_NUMBERS: Mapping[int, RiskLevel] = {
+    1: RiskLevel.LOW,
+    2: RiskLevel.MEDIUM,
+    3: RiskLevel.HIGH,
+    4: RiskLevel.CRITICAL,
+    5: RiskLevel.CRITICAL,
+}
+
+
+def _level_from_number(value: object) -> object:
+    # bool is an int in Python, and 2.0 would pass an int check after coercion: refuse both before pydantic coerces.
+    if isinstance(value, bool | float):
+        raise ValueError("must be a level name (low, medium, high, critical) or an integer from 1 to 5")
+    if isinstance(value, int):
+        if value not in RISK_LEVEL_NUMBERS:
+            raise ValueError(f"must be an integer from 1 to 5 (1 low, 2 medium, 3 high, 4 and 5 critical), not {value}")
+        return RISK_LEVEL_NUMBERS[value]
+    return value
+
+
+#: A declared risk level in a request: a level name, or an integer 1-5 mapped by :data:`RISK_LEVEL_NUMBERS`.
+DeclaredRiskLevel = Annotated[
+    RiskLevel,
+    BeforeValidator(_level_from_number),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "enum": [level.value for level in RiskLevel]},
+                {"type": "integer", "minimum": 1, "maximum": 5},
+            ],
+            "description": "a level name, or 1-5: 1 low, 2 medium, 3 high, 4 and 5 critical",
+        }
+    ),
+]
 
 DIMENSIONS: tuple[str, ...] = ("security", "privacy", "compliance", "operational", "reputational", "financial")
 

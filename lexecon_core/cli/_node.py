@@ -59,7 +59,10 @@ def decide(
     ] = None,
     arg: Annotated[list[str] | None, typer.Option("--arg", help="Tool argument key=value (repeatable).")] = None,
     context: Annotated[list[str] | None, typer.Option("--context", help="Context key=value (repeatable).")] = None,
-    risk_level: Annotated[str | None, typer.Option(help="Declared risk level: low|medium|high|critical.")] = None,
+    risk_level: Annotated[
+        str | None,
+        typer.Option(help="Declared risk level: low|medium|high|critical, or 1-5 (1 low ... 4, 5 critical)."),
+    ] = None,
     home: HomeOption = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -71,7 +74,8 @@ def decide(
         "tool_args": parse_pairs(arg, "--arg"),
         "user_intent": intent,
         "data_classes": data_class or [],
-        "risk_level": risk_level,
+        # A number on the command line means the 1-5 scale, as it does in a JSON body.
+        "risk_level": int(risk_level) if risk_level is not None and risk_level.isdecimal() else risk_level,
         "context": parse_pairs(context, "--context"),
     }
     with LocalGovernor(home) as governor:

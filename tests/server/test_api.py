@@ -128,6 +128,13 @@ def test_decide_outcome_is_recorded_with_the_principal(
         ({"actor": "ai_agent:a"}, "body.tool"),
         ({**SEARCH, "surprise": 1}, "body.surprise"),
         ({**SEARCH, "risk_level": "extreme"}, "body.risk_level"),
+        # The 1-5 scale takes integers 1 to 5 only: not 0 or 6, no floats, no bools (an int in Python).
+        ({**SEARCH, "risk_level": 0}, "body.risk_level"),
+        ({**SEARCH, "risk_level": 6}, "body.risk_level"),
+        ({**SEARCH, "risk_level": 2.0}, "body.risk_level"),
+        ({**SEARCH, "risk_level": 2.5}, "body.risk_level"),
+        ({**SEARCH, "risk_level": True}, "body.risk_level"),
+        ({**SEARCH, "risk_level": "2"}, "body.risk_level"),
         ({**SEARCH, "tool_args": [1, 2]}, "body.tool_args"),
         ({**SEARCH, "actor": ""}, "body.actor"),
     ],
@@ -142,6 +149,39 @@ def test_decide_rejects_invalid_requests(
     assert error["error"] == "invalid_request"
     assert loc in [f["loc"] for f in error["fields"]]
     assert ledger_of(app).head()[0] == before
+
+
+SEED_QUICK_START = {
+    # The request the project's seed documents show, verbatim.
+    "actor": "ai_agent:customer_service",
+    "proposed_action": "read customer transaction history",
+    "tool": "database_query",
+    "user_intent": "answer customer support question",
+    "data_classes": ["pii", "financial"],
+    "risk_level": 2,
+    "policy_mode": "strict",
+}
+
+
+def test_the_seed_quick_start_request_gets_a_decision(app: FastAPI, client: TestClient, keys: dict[Role, str]) -> None:
+    decision = decide(client, keys[Role.AGENT], SEED_QUICK_START)
+    assert decision["outcome"] in {"approved", "denied", "escalated"}
+    recorded = ledger_of(app).get(decision["ledger_entry_id"]).data["request"]
+    assert recorded["declared_risk_level"] == "medium"  # 2 on the 1-5 scale
+    assert recorded["data_classes"] == ["pii", "financial"]
+
+
+@pytest.mark.parametrize(
+    ("number", "level"), [(1, "low"), (2, "medium"), (3, "high"), (4, "critical"), (5, "critical")]
+)
+def test_risk_level_numbers_map_onto_levels(
+    app: FastAPI, client: TestClient, keys: dict[Role, str], number: int, level: str
+) -> None:
+    decision = decide(client, keys[Role.AGENT], {**SEARCH, "risk_level": number})
+    assert ledger_of(app).get(decision["ledger_entry_id"]).data["request"]["declared_risk_level"] == level
+    # The declared level is a floor: the computed level is never below it.
+    order = ["low", "medium", "high", "critical"]
+    assert order.index(decision["risk_level"]) >= order.index(level)
 
 
 def test_decide_rejects_floats_it_cannot_hash_canonically(client: TestClient, keys: dict[Role, str]) -> None:
