@@ -4,6 +4,8 @@ The public surface is re-exported here; submodules (``lexecon_core.policy``, ``.
 ``.keys``) hold the details.
 """
 
+import logging
+
 from lexecon_core.capability import Capability, current_capability, use_capability
 from lexecon_core.config import Settings, load_settings
 from lexecon_core.decisions import Decision, DecisionRequest, Governor, LocalGovernor
@@ -36,6 +38,10 @@ from lexecon_core.risk import RiskAssessment, RiskLevel, RiskRules, assess
 from lexecon_core.tokens import CapabilityClaims, ReplayCache, issue_token, verify_token
 
 __version__ = "0.1.0"
+
+# A library leaves output to the application: without this, a warning from a program that never set up logging
+# reaches Python's last-resort handler and prints to stderr. ``lexecon`` (the CLI and server) configures its own.
+logging.getLogger("lexecon").addHandler(logging.NullHandler())
 
 __all__ = [
     "Capability",

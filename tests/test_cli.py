@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -258,3 +259,18 @@ def test_policy_test_uses_the_configured_risk_rules(
     )  # fmt: skip
     assert code == 0
     assert json.loads(out)["risk"]["dimensions"]["security"] == 100
+
+
+def test_server_sends_lexecon_warnings_to_stderr(
+    cli_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The library's loggers have only a NullHandler; the server, an application, routes them through uvicorn's.
+    uvicorn = pytest.importorskip("uvicorn")
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: seen.update(kwargs))
+    monkeypatch.setenv("LEXECON_HOME", str(cli_home))  # the command sets it for its workers; undone afterwards
+    code, _, _ = run(capsys, "server", "--home", str(cli_home), "--port", "0")
+    assert code == 0
+    config = seen["log_config"]
+    assert config["loggers"]["lexecon"] == {"handlers": ["default"], "level": "INFO", "propagate": False}
+    assert config["handlers"]["default"]["stream"] == "ext://sys.stderr"

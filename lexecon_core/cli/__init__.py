@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
@@ -31,6 +32,9 @@ def _fail(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``lexecon`` console script."""
+    # The CLI is an application: warnings from lexecon (or anything else) reach stderr. A no-op when the host
+    # program, or pytest, has configured logging already; ``lexecon server`` configures uvicorn's logging on top.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         result = app(args=argv, prog_name="lexecon", standalone_mode=False)
         code = result if isinstance(result, int) else 0

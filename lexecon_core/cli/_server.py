@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -52,6 +53,10 @@ def server(
             "note: without LEXECON_REDIS_URL, rate limits and consumed-token checks are per worker process",
             markup=False,
         )
+    # The server is an application: lexecon's warnings (a decision that failed closed, a refused ledger row) go to
+    # stderr beside uvicorn's own, in every worker.
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["loggers"]["lexecon"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
     try:
         uvicorn.run(
             "lexecon_core.server:create_app",
@@ -60,6 +65,7 @@ def server(
             port=port,
             workers=workers,
             access_log=access_log,
+            log_config=log_config,
             server_header=False,
             proxy_headers=forwarded_allow_ips is not None,
             forwarded_allow_ips=forwarded_allow_ips,

@@ -6,6 +6,8 @@ import asyncio
 import json
 import logging
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -441,6 +443,46 @@ def test_an_unreachable_server_fails_closed_quickly() -> None:
     assert str(refused.value) == (
         f"Lexecon server at {url} is unreachable (ConnectError) after 3 attempts; the tool call is refused"
     )
+
+
+RETRYING_PROGRAM = """
+import logging, sys
+from lexecon_core import GovernanceError, RemoteGovernor
+with RemoteGovernor(sys.argv[1], api_key="k-secret-123", timeout=1.0, backoff=0.01) as governor:
+    try:
+        governor.decide({"actor": "ai_agent:a", "tool": "search"})
+    except GovernanceError:
+        print("refused")
+if sys.argv[2] == "configured":
+    logging.basicConfig()  # after the fact: only the second run of decide below is shown
+    with RemoteGovernor(sys.argv[1], api_key="k-secret-123", timeout=1.0, backoff=0.01) as governor:
+        try:
+            governor.decide({"actor": "ai_agent:a", "tool": "search"})
+        except GovernanceError:
+            print("refused")
+"""
+
+
+def test_retries_print_nothing_unless_the_application_configures_logging() -> None:
+    # A library's warnings go where the application sends them; without a NullHandler on the "lexecon" logger they
+    # reach Python's last-resort handler and print to stderr of a program that never set up logging.
+    url = f"http://127.0.0.1:{free_port()}"
+    quiet = subprocess.run(
+        [sys.executable, "-c", RETRYING_PROGRAM, url, "quiet"], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert (quiet.stdout, quiet.stderr) == ("refused\n", "")
+    shown = subprocess.run(
+        [sys.executable, "-c", RETRYING_PROGRAM, url, "configured"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert shown.stdout == "refused\nrefused\n"
+    assert shown.stderr.splitlines() == [
+        "WARNING:lexecon.remote:POST /decide failed (ConnectError); retry 1 of 2",
+        "WARNING:lexecon.remote:POST /decide failed (ConnectError); retry 2 of 2",
+    ]
 
 
 def test_an_unreachable_server_fails_closed_async() -> None:
