@@ -13,16 +13,13 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+from tests._servers import free_port, start_server, stop_server
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -56,17 +53,16 @@ def test_the_readme_starts_with_the_two_commands_and_ci_runs_the_second() -> Non
     assert len(pinned) == 1, "both commands install the same uv"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Terminal:
-    """One shell session's worth of state: the working directory and the exported environment."""
+    """One shell session's worth of state: the working directory and the exported environment. It starts with
+    none of the caller's LEXECON_* settings, with this environment's ``lexecon`` first on PATH, and ``HOME`` at
+    ``cwd``."""
 
-    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
-        self.cwd, self.env = cwd, env
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("LEXECON_")}
+        self.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{self.env.get('PATH', '')}"
+        self.env["HOME"] = str(cwd)
         self.outputs: list[str] = []
         self.server: subprocess.Popen[str] | None = None
 
@@ -106,30 +102,9 @@ class Terminal:
         # Listening on this machine only, on a free port; the options are otherwise the README's own.
         argv = list(words)
         argv[argv.index("--host") + 1] = "127.0.0.1"
-        self.port = _free_port()
+        self.port = free_port()
         argv[argv.index("--port") + 1] = str(self.port)
-        self.server = subprocess.Popen(
-            argv, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert self.server.poll() is None, self.server.stdout.read() if self.server.stdout else ""
-            assert time.monotonic() < deadline, "the README's server did not become healthy"
-            time.sleep(0.1)
-
-    def stop_server(self) -> str:
-        assert self.server is not None
-        self.server.send_signal(signal.SIGTERM)
-        output, _ = self.server.communicate(timeout=30)
-        # One worker: uvicorn shuts down, then re-raises the signal (-15); more than one: the supervisor exits 0.
-        assert self.server.returncode in (0, -signal.SIGTERM), output
-        assert "Application shutdown complete" in output, output
-        return output
+        self.server = start_server(argv, self.env, self.cwd)
 
 
 def _python_example(name: str) -> str:
@@ -141,10 +116,7 @@ def test_every_readme_shell_block_runs(tmp_path: Path, pg_url: str) -> None:
     scratch = tmp_path / "work"
     scratch.mkdir()
     (scratch / "examples").symlink_to(ROOT / "examples")  # the README runs from a checkout
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEXECON_")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # this environment's `lexecon`
-    env["HOME"] = str(tmp_path)
-    terminal = Terminal(scratch, env)
+    terminal = Terminal(scratch)
     try:
         for line in command_lines():
             terminal.run(line, pg_url)
@@ -159,14 +131,12 @@ def test_every_readme_shell_block_runs(tmp_path: Path, pg_url: str) -> None:
         assert namespace["decision"]["outcome"] == "approved", namespace["decision"]
     finally:
         if terminal.server is not None:
-            terminal.stop_server()
+            stop_server(terminal.server)
     assert (scratch / ".lexecon" / "ledger.db").is_file() and (scratch / "ledger.zip").is_file()
 
 
 def test_the_seed_cli_lines_work(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEXECON_")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    terminal = Terminal(tmp_path, env)
+    terminal = Terminal(tmp_path)
     terminal.run("lexecon init --node-id seed-node", None)  # the default home, ./.lexecon
     terminal.run(
         "lexecon decide --actor ai_agent:customer_service --action 'read customer transaction history' "
@@ -175,7 +145,8 @@ def test_the_seed_cli_lines_work(tmp_path: Path) -> None:
     )
     assert terminal.outputs[-1].split()[0] in {"approved", "denied", "escalated"}
     terminal.start_server(["lexecon", "server", "--host", "127.0.0.1", "--port", "8000"])
-    terminal.stop_server()
+    assert terminal.server is not None
+    stop_server(terminal.server)
     # The seed kept its ledger in ./lexecon_ledger.db; a consistent copy of ours is a file of the same kind.
     with (
         sqlite3.connect(tmp_path / ".lexecon" / "ledger.db") as source,

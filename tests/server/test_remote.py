@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from lexecon_core.keys import Signer
 from lexecon_core.remote import JWKS_PATH
 from lexecon_core.tokens import DEFAULT_REPLAY_CACHE, issue_token
 from lexecon_integrations._intercept import ToolCallGuard
+from tests._servers import free_port
 
 BASE = "http://testserver"
 ACTOR = "ai_agent:test_bot"
@@ -425,12 +425,6 @@ def test_async_wrong_key_and_forged_token(app: FastAPI, keys: dict[Role, str]) -
 
 
 # -- retries and failing closed (scripted transports) -------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_an_unreachable_server_fails_closed_quickly() -> None:

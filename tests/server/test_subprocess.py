@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,15 +14,10 @@ import httpx
 import pytest
 
 from lexecon_core import GovernanceError, RemoteGovernor
+from tests._servers import free_port, start_server, stop_server
 from tests.conftest import TEST_POLICY
 
 LEXECON = [sys.executable, "-m", "lexecon_core"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _cli(env: dict[str, str], *argv: str) -> str:
@@ -53,32 +46,14 @@ def served(tmp_path: Path, pg_url: str, redis_url: str) -> Iterator[tuple[str, d
         argv = ["apikey", "create", "--name", f"t-{role}", "--role", role, "--actor", "ai_agent:*", "--json"]
         created = json.loads(_cli(env, *argv))
         keys[role] = created["api_key"]
-    port = _free_port()
-    argv = [*LEXECON, "server", "--port", str(port), "--workers", "2", "--no-access-log"]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
+    port = free_port()
+    proc = start_server([*LEXECON, "server", "--port", str(port), "--workers", "2", "--no-access-log"], env)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "server did not become healthy"
-            time.sleep(0.1)
         time.sleep(0.5)  # both workers up
-        yield base, keys, env
+        yield f"http://127.0.0.1:{port}", keys, env
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            output, _ = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-        assert proc.returncode == 0, output
-        assert "Traceback" not in output, output
+        stop_server(proc)
+        assert proc.returncode == 0  # two workers: the supervisor exits 0
 
 
 def test_remote_governor_against_a_real_server(served: tuple[str, dict[str, str], dict[str, str]]) -> None:
