@@ -1,16 +1,25 @@
 """A :class:`~lexecon_core.Governor` backed by a hosted Lexecon server (``POST /decide``), sync and async.
 
 It fails closed: when no trustworthy decision comes back (server down, timeouts, 5xx after retries, a malformed answer,
-a capability token that does not verify against the server's JWKS) it raises :class:`GovernanceError`, and the tool
+a capability token that does not verify against the trusted keys) it raises :class:`GovernanceError`, and the tool
 call must not run. Every decide call sends one idempotency key on all its attempts, so a retry after a lost response
 gets the first decision back instead of a second one.
+
+Which keys are trusted: with ``jwks=`` the node's published keys are pinned, and a new key is trusted only once a
+``key_rotated`` ledger entry signed by an already trusted key hands over to it (``GET`` the key hand-over document).
+Whatever answers at ``base_url`` cannot then approve a call with a key of its own. Without ``jwks=`` tokens are checked
+against the JWKS the same server serves, which proves only that the server signed them; a warning says so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hmac
+import ipaddress
 import json
 import logging
+import os
 import random
 import re
 import threading
@@ -18,6 +27,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,6 +37,7 @@ from pydantic import ValidationError
 from lexecon_core.decisions import Decision, DecisionRequest
 from lexecon_core.errors import GovernanceError, InvalidRequest, TokenError
 from lexecon_core.keys import PublicKey, jwks_to_keys
+from lexecon_core.ledger import entry_hash, signing_message
 from lexecon_core.tokens import (
     DEFAULT_REPLAY_CACHE,
     MAX_LEEWAY_SECONDS,
@@ -35,7 +46,7 @@ from lexecon_core.tokens import (
     check_claims,
     verify_signature,
 )
-from lexecon_core.wire import IDEMPOTENCY_HEADER
+from lexecon_core.wire import IDEMPOTENCY_HEADER, KEY_ROTATIONS_PATH
 
 __all__ = ["RemoteGovernor"]
 
@@ -43,6 +54,7 @@ logger = logging.getLogger("lexecon.remote")
 
 JWKS_PATH = "/.well-known/jwks.json"
 INFO_PATH = "/.well-known/lexecon.json"
+ROTATIONS_PATH = KEY_ROTATIONS_PATH
 # Failures after which the server either did nothing or, thanks to the idempotency key, answers a repeat with the
 # first decision. Write errors are left out: the request may have been cut off in a state we cannot know.
 _RETRY_ERRORS: tuple[type[Exception], ...] = (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)
@@ -57,7 +69,7 @@ _API_KEY = re.compile(r"lxk_[0-9A-Za-z_-]+|(?i:bearer)\s+\S+")
 
 @dataclass(frozen=True, slots=True)
 class _Trust:
-    """What tokens from the server are checked against: its node facts and its JWKS."""
+    """What tokens from the server are checked against: its node facts, and its JWKS or the pinned keys."""
 
     node_id: str
     audience: str | None
@@ -93,17 +105,25 @@ class _Call:
 class RemoteGovernor:
     """Decides tool calls on the Lexecon server at ``base_url``, authenticating with ``api_key``.
 
+    ``jwks`` pins the node's keys: a JWKS mapping (``lexecon keys export``) or the path of a JWKS file. Tokens are then
+    checked against those keys and keys they handed over in signed ``key_rotated`` entries, never against what the
+    server serves. ``node_id``, when given, is the node the server must say it is and the tokens' issuer.
+    ``base_url`` must be ``https://`` unless its host is loopback or ``allow_insecure_http`` is set.
+
     ``client`` / ``async_client`` are used as given (their own timeouts apply) and never closed here; otherwise one
     pooled client of each kind is created on first use, with ``timeout`` for connect, read, write and pool.
     """
 
-    jwks_refresh_interval = 10.0  # seconds between JWKS refreshes triggered by tokens with an unknown kid
+    jwks_refresh_interval = 10.0  # seconds between key refreshes triggered by tokens with an unknown kid
 
     def __init__(
         self,
         base_url: str,
         *,
         api_key: str,
+        jwks: Mapping[str, Any] | str | os.PathLike[str] | None = None,
+        node_id: str | None = None,
+        allow_insecure_http: bool = False,
         timeout: float = 5.0,
         retries: int = 2,
         backoff: float = 0.05,
@@ -117,6 +137,14 @@ class RemoteGovernor:
             url = httpx.URL()
         if url.scheme not in ("http", "https") or not url.host or url.userinfo:
             raise ValueError("base_url must be an http(s) URL without credentials, e.g. https://lexecon.internal")
+        if url.scheme == "http" and not allow_insecure_http and not _is_loopback(url.host):
+            # The API key and every decision would cross the network readable and forgeable by anyone on the path.
+            raise ValueError(
+                f"base_url {url.host!r} is plain http to a host that is not loopback: the API key and decisions would "
+                "travel unencrypted; use https://, or pass allow_insecure_http=True for a network you trust"
+            )
+        if node_id is not None and (not isinstance(node_id, str) or not node_id):
+            raise ValueError("node_id must be a non-empty string: the node id the server must have")
         # Checked up front: httpx would echo an illegal header value, key included, in its error.
         if not isinstance(api_key, str) or not api_key or not all(33 <= ord(c) <= 126 for c in api_key):
             raise ValueError("api_key must be a non-empty string of printable ASCII characters without spaces")
@@ -135,6 +163,15 @@ class RemoteGovernor:
         self._lock = threading.Lock()
         self._trusted: _Trust | None = None  # the node facts and keys tokens are checked against
         self._next_refresh = 0.0
+        self._node_id = node_id
+        # Pinned keys plus keys they handed over; only grows, and only through a verified hand-over. None: not pinned.
+        self._pinned: dict[str, PublicKey] | None = None if jwks is None else _pinned_keys(jwks)
+        if self._pinned is None:
+            logger.warning(
+                "%r: capability tokens are checked against keys served by the same server, so whatever answers at "
+                "that address can approve tool calls; in production pin the node's keys with jwks= (and node_id=)",
+                self,
+            )
 
     def __repr__(self) -> str:
         return f"RemoteGovernor({self.base_url!r})"
@@ -145,26 +182,22 @@ class RemoteGovernor:
         req, body, headers = _encode(request)
         decision, token = self._decision(req, self._send("POST", "/decide", body, headers))
         if token is not None:
-            trusted = self._cached(token) or self._trust(self._send("GET", INFO_PATH), self._send("GET", JWKS_PATH))
-            self._check_approval(req, decision, token, trusted)
+            self._check_approval(req, decision, token, self._keys_for(token))
         return decision
 
     async def adecide(self, request: DecisionRequest | Mapping[str, Any]) -> Decision:
         req, body, headers = _encode(request)
         decision, token = self._decision(req, await self._asend("POST", "/decide", body, headers))
         if token is not None:
-            trusted = self._cached(token) or self._trust(
-                await self._asend("GET", INFO_PATH), await self._asend("GET", JWKS_PATH)
-            )
-            self._check_approval(req, decision, token, trusted)
+            self._check_approval(req, decision, token, await self._akeys_for(token))
         return decision
 
     def verify_token(self, token: str, *, tool: str, args: Mapping[str, Any]) -> CapabilityClaims:
         """Verify a capability token from this server for a call of ``tool`` with ``args``, and consume it.
 
-        Usually no I/O: the decision that carried the token has already fetched the JWKS and the node facts.
+        Usually no I/O: the decision that carried the token has already loaded the keys and the node facts.
         """
-        trusted = self._cached(token) or self._trust(self._send("GET", INFO_PATH), self._send("GET", JWKS_PATH))
+        trusted = self._keys_for(token)
         raw, kid = verify_signature(token, trusted.keys)
         return check_claims(
             raw, kid, tool=tool, args=args, audience=trusted.audience, issuer=trusted.node_id, leeway=trusted.leeway,
@@ -295,37 +328,83 @@ class RemoteGovernor:
             raise self._refused(f"approved decision {decision.decision_id} without a capability token")
         return decision, decision.capability_token if decision.approved else None
 
-    def _cached(self, token: str) -> _Trust | None:
-        """The node facts and keys to check ``token`` with, or None to (re)load them first. An unknown kid means a key
-        rotation (or a forged token): reload, but at most once per ``jwks_refresh_interval``, so a flood of bad tokens
-        costs the server one request."""
+    def _keys_for(self, token: str) -> _Trust:
+        trusted, paths = self._plan(token)
+        return trusted if trusted is not None else self._trust({path: self._send("GET", path) for path in paths})
+
+    async def _akeys_for(self, token: str) -> _Trust:
+        trusted, paths = self._plan(token)
+        return trusted if trusted is not None else self._trust({path: await self._asend("GET", path) for path in paths})
+
+    def _plan(self, token: str) -> tuple[_Trust | None, tuple[str, ...]]:
+        """The node facts and keys to check ``token`` with, or None and the documents to (re)load first.
+
+        An unknown kid means a key rotation (or a forged token): reload, but at most once per
+        ``jwks_refresh_interval``, so a flood of bad tokens costs the server one request. Pinned, the reload is the
+        key hand-over document, never the JWKS.
+        """
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError:
             kid = None  # verify_signature will say what is wrong with it
         with self._lock:
-            trusted, now = self._trusted, time.monotonic()
-            if trusted is None or not isinstance(kid, str) or kid in trusted.keys or now < self._next_refresh:
-                return trusted
-            self._next_refresh = now + self.jwks_refresh_interval
-            return None
+            trusted, now, pinned = self._trusted, time.monotonic(), self._pinned
+            keys = trusted.keys if trusted is not None else pinned or {}
+            refresh = isinstance(kid, str) and kid not in keys and now >= self._next_refresh
+            if trusted is None and pinned is None:
+                return None, (INFO_PATH, JWKS_PATH)  # the first load is not a refresh: it does not start the clock
+            if refresh:
+                self._next_refresh = now + self.jwks_refresh_interval
+            elif trusted is not None:
+                return trusted, ()
+        if pinned is None:
+            return None, (INFO_PATH, JWKS_PATH)
+        return None, (INFO_PATH, ROTATIONS_PATH) if refresh else (INFO_PATH,)
 
-    def _trust(self, info_body: bytes, jwks_body: bytes) -> _Trust:
+    def _trust(self, bodies: Mapping[str, bytes]) -> _Trust:
         try:
-            data = json.loads(info_body)
+            data = json.loads(bodies[INFO_PATH])
             node_id, audience, leeway = str(data["node_id"]), data["token_audience"], int(data["token_leeway_seconds"])
         except (ValueError, KeyError, TypeError):
             raise self._refused(f"served invalid node facts at {INFO_PATH}") from None
         if not 0 <= leeway <= MAX_LEEWAY_SECONDS:
             raise self._refused(f"declares a token leeway of {leeway}s, outside 0-{MAX_LEEWAY_SECONDS}")
-        try:
-            keys = jwks_to_keys(json.loads(jwks_body))
-        except Exception as exc:  # a bad key document is as bad as none
-            raise self._refused(f"served an invalid JWKS at {JWKS_PATH} ({type(exc).__name__})") from None
+        if self._node_id is not None and node_id != self._node_id:
+            raise self._refused(f"says it is node {node_id[:100]!r}, not the expected node {self._node_id!r}")
+        if self._pinned is None:
+            try:
+                keys = jwks_to_keys(json.loads(bodies[JWKS_PATH]))
+            except Exception as exc:  # a bad key document is as bad as none
+                raise self._refused(f"served an invalid JWKS at {JWKS_PATH} ({type(exc).__name__})") from None
+        else:
+            if ROTATIONS_PATH in bodies:
+                self._take_hand_overs(bodies[ROTATIONS_PATH], node_id)
+            with self._lock:
+                keys = dict(self._pinned)
         trusted = _Trust(node_id, None if audience is None else str(audience), leeway, keys)
         with self._lock:
             self._trusted = trusted
         return trusted
+
+    def _take_hand_overs(self, body: bytes, node_id: str) -> None:
+        """Trust the keys that verified ``key_rotated`` entries of node ``node_id`` hand over to."""
+        try:
+            document = json.loads(body)
+            served_node, entries = document["node_id"], document["entries"]
+            if not isinstance(served_node, str) or not isinstance(entries, list):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise self._refused(f"served an invalid key hand-over document at {ROTATIONS_PATH}") from None
+        if served_node != node_id:
+            raise self._refused(f"served the key hand-overs of node {served_node[:100]!r}, not of {node_id!r}")
+        with self._lock:
+            known = dict(self._pinned or {})
+        added, rejected = _hand_overs(entries, node_id, known)
+        for why in rejected:
+            logger.warning("%s: a key hand-over was not accepted: %s", self._where, why)
+        with self._lock:
+            assert self._pinned is not None  # only called when pinned
+            self._pinned.update(added)
 
     def _check_approval(self, req: DecisionRequest, decision: Decision, token: str, trusted: _Trust) -> None:
         try:
@@ -337,6 +416,8 @@ class RemoteGovernor:
             )  # fmt: skip
         except TokenError as exc:
             why = f"{exc.reason}: {exc}"
+            if exc.reason == "unknown_kid" and self._pinned is not None:
+                why += "; it is not pinned and no verified key hand-over introduces it"
             raise self._refused(f"returned an approval whose capability token failed verification ({why})") from None
         got = (claims.decision_id, claims.ledger_entry_id, claims.ledger_entry_hash, claims.jti, claims.sub)
         want = (decision.decision_id, decision.ledger_entry_id, decision.ledger_entry_hash, decision.token_id)
@@ -360,3 +441,99 @@ def _retry_after(response: httpx.Response) -> float:
         return max(0.0, float(response.headers.get("Retry-After", "0")))
     except ValueError:
         return 0.0  # an HTTP-date: our own backoff applies
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback  # 127.0.0.0/8 and ::1
+    except ValueError:
+        return False  # a name other than localhost may resolve anywhere
+
+
+def _pinned_keys(jwks: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, PublicKey]:
+    """The keys of a pinned JWKS (a mapping or a JSON file); ValueError if there are none or one is not what it says."""
+    where = "jwks"
+    document: Any = jwks
+    if isinstance(jwks, str | os.PathLike):
+        if isinstance(jwks, str) and jwks.lstrip().startswith("{"):
+            raise ValueError("jwks= takes a JWKS mapping or a file path, not JSON text: pass json.loads(text)")
+        path, where = Path(jwks), f"jwks file {os.fspath(jwks)!r}"
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read {where}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
+        raise ValueError(f'{where} must be a JWKS: {{"keys": [...]}}, as `lexecon keys export` prints')
+    try:
+        keys = jwks_to_keys(document)
+    except Exception as exc:  # a swapped kid, a key of the wrong size, bad base64: nothing in it can be pinned
+        raise ValueError(f"{where} is not a valid JWKS: {exc}") from None
+    if not keys:
+        raise ValueError(f"{where} holds no Ed25519 key to pin")
+    return keys
+
+
+class _NotAHandOver(Exception):
+    """Why one entry of the hand-over document introduces no key."""
+
+
+def _hand_overs(
+    entries: list[Any], node_id: str, trusted: Mapping[str, PublicKey]
+) -> tuple[dict[str, PublicKey], list[str]]:
+    """The keys handed over by the verified entries, and why others were refused (for the log).
+
+    Oldest first, so a chain k1 -> k2 -> k3 is followed in one pass. An entry signed by a key not trusted (yet) is
+    skipped quietly: entries from before the pinned keys are expected, and such an entry can vouch for nothing.
+    """
+    keys, added, rejected = dict(trusted), dict[str, PublicKey](), list[str]()
+    valid = [e for e in entries if isinstance(e, dict) and type(e.get("seq")) is int]
+    if len(valid) != len(entries):
+        rejected.append(f"{len(entries) - len(valid)} malformed entries")
+    for entry in sorted(valid, key=lambda e: int(e["seq"])):
+        kid = entry.get("kid")
+        signer = keys.get(kid) if isinstance(kid, str) else None
+        if signer is None:
+            continue
+        try:
+            new = _hand_over(entry, node_id, signer)
+        except _NotAHandOver as exc:
+            rejected.append(f"entry {entry['seq']}: {exc}")
+            continue
+        if new.kid not in keys:
+            keys[new.kid] = added[new.kid] = new
+    return added, rejected
+
+
+def _hand_over(entry: Mapping[str, Any], node_id: str, signer: PublicKey) -> PublicKey:
+    """The key a ``key_rotated`` entry signed by ``signer`` hands over to; _NotAHandOver unless every check passes."""
+    try:
+        prev, stated = bytes.fromhex(entry["prev_hash"]), bytes.fromhex(entry["entry_hash"])
+        body = base64.b64decode(entry["body"], validate=True)
+        signature = base64.b64decode(entry["signature"], validate=True)
+    except (KeyError, TypeError, ValueError):
+        raise _NotAHandOver("malformed hashes, body or signature") from None
+    digest = entry_hash(prev, body)
+    if not hmac.compare_digest(digest, stated):
+        raise _NotAHandOver("its entry hash does not match its body")
+    # The signature covers the hash, which covers the body: only after this is anything in the body believed.
+    if not signer.verify(signature, signing_message(digest)):
+        raise _NotAHandOver(f"its signature does not verify under key {signer.kid}")
+    try:
+        parsed = json.loads(body)
+        data, new_kid, raw = parsed["data"], parsed["data"]["new_kid"], parsed["data"]["new_public_key"]
+        if not isinstance(raw, str):
+            raise TypeError
+        new = PublicKey.from_raw(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except Exception:  # any shape the node never writes
+        raise _NotAHandOver("its body is not a key_rotated entry") from None
+    if parsed.get("type") != "key_rotated":
+        raise _NotAHandOver(f"it is a {str(parsed.get('type'))[:50]!r} entry, not key_rotated")
+    if parsed.get("node") != node_id:
+        raise _NotAHandOver(f"it is an entry of node {str(parsed.get('node'))[:100]!r}, not of {node_id!r}")
+    if parsed.get("seq") != entry["seq"] or data.get("old_kid") != signer.kid:
+        raise _NotAHandOver("its sequence number or old key does not match the entry")
+    if new.kid != new_kid:
+        raise _NotAHandOver(f"new_kid {str(new_kid)[:50]!r} is not the kid of new_public_key ({new.kid})")
+    return new

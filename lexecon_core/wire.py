@@ -22,6 +22,8 @@ __all__ = [
     "FieldError",
     "Health",
     "InclusionProofInfo",
+    "KeyRotationEntry",
+    "KeyRotations",
     "LedgerEntryInfo",
     "LedgerVerification",
     "NodeInfo",
@@ -33,6 +35,7 @@ __all__ = [
 ]
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+KEY_ROTATIONS_PATH = "/.well-known/lexecon-key-rotations.json"
 
 
 class _Model(BaseModel):
@@ -153,6 +156,29 @@ class NodeInfo(_Model):
     token_audience: str | None
     token_ttl_seconds: int
     token_leeway_seconds: int
+
+
+class KeyRotationEntry(_Model):
+    """One ``key_rotated`` ledger entry exactly as stored, signed by the key it retires. A client that trusts that key
+    checks ``entry_hash`` over ``prev_hash`` and ``body``, the signature over the entry hash, then trusts the new key
+    named in the body; the server's word is not needed."""
+
+    seq: int
+    prev_hash: str = Field(description="hex")
+    entry_hash: str = Field(description="hex, SHA-256 over the entry tag, prev_hash and body")
+    kid: str = Field(description="the key that signed the entry: the old key, body.data.old_kid")
+    signature: str = Field(description="base64, Ed25519 over the domain-separated entry hash")
+    body: str = Field(
+        description="base64 of the exact stored canonical JSON: "
+        '{"v", "seq", "type": "key_rotated", "ts", "node", "data": {"old_kid", "new_kid", "new_public_key"}}'
+    )
+
+
+class KeyRotations(_Model):
+    """``GET /.well-known/lexecon-key-rotations.json``: every key hand-over of this node, oldest first."""
+
+    node_id: str
+    entries: list[KeyRotationEntry]
 
 
 class ApiKeyCreate(_Model):

@@ -22,7 +22,7 @@ from lexecon_core.auth import Role
 from lexecon_core.server import create_app
 
 ACTOR = "ai_agent:test_bot"
-BASE = "http://testserver"
+BASE = "https://testserver"  # plain http is refused for hosts that are not loopback
 
 
 class AppTransport(httpx.BaseTransport):

@@ -85,6 +85,9 @@ ROUTES: dict[tuple[str, str], Call] = {
     ("GET", "/metrics"): Call(METRICS, lambda c: {"url": "/metrics"}),
     ("GET", "/.well-known/jwks.json"): Call(PUBLIC, lambda c: {"url": "/.well-known/jwks.json"}),
     ("GET", "/.well-known/lexecon.json"): Call(PUBLIC, lambda c: {"url": "/.well-known/lexecon.json"}),
+    ("GET", "/.well-known/lexecon-key-rotations.json"): Call(
+        PUBLIC, lambda c: {"url": "/.well-known/lexecon-key-rotations.json"}
+    ),
     ("GET", "/openapi.json"): Call(PUBLIC, lambda c: {"url": "/openapi.json"}),
 }
 

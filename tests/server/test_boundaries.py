@@ -110,7 +110,7 @@ def test_remote_errors_never_carry_a_key_echoed_back(keys: dict[Role, str]) -> N
         return httpx.Response(401, json={"error": "unauthorized", "message": echoed})
 
     governor = RemoteGovernor(
-        "http://lexecon.test", api_key=key, client=httpx.Client(transport=httpx.MockTransport(echo))
+        "https://lexecon.test", api_key=key, client=httpx.Client(transport=httpx.MockTransport(echo))
     )
     with pytest.raises(GovernanceError) as refused:
         governor.decide(SEARCH)

@@ -36,7 +36,7 @@ from lexecon_core.tokens import DEFAULT_REPLAY_CACHE, issue_token
 from lexecon_integrations._intercept import ToolCallGuard
 from tests._servers import free_port
 
-BASE = "http://testserver"
+BASE = "https://testserver"  # plain http is refused for hosts that are not loopback
 ACTOR = "ai_agent:test_bot"
 SEARCH = {"actor": ACTOR, "tool": "search", "tool_args": {"q": "refund policy"}}
 DELETE = {"actor": ACTOR, "tool": "delete_user", "tool_args": {"user_id": 7}}
@@ -192,7 +192,7 @@ def test_server_422_is_an_invalid_request_with_the_servers_message(
     with pytest.raises(InvalidRequest) as refused:  # same idempotency key, different request
         remote.decide({**SEARCH, "tool_args": {"q": "other"}})
     assert "idempotency key was already used for a different request" in str(refused.value)
-    assert "http://testserver" in str(refused.value)
+    assert "https://testserver" in str(refused.value)
     assert transport.count("/decide") == 2  # not retried
     assert len(decision_entries(app)) == 1
 
@@ -285,7 +285,7 @@ def test_a_token_that_does_not_verify_is_refused_and_nothing_runs(client: TestCl
     with pytest.raises(GovernanceError) as refused:
         governor.decide(SEARCH)
     message = str(refused.value)
-    assert "Lexecon server at http://testserver" in message
+    assert "Lexecon server at https://testserver" in message
     assert "capability token failed verification (bad_signature" in message
     assert "the tool call is refused" in message
 
@@ -365,7 +365,7 @@ def test_a_wrong_api_key_is_refused(transport: AppTransport, keys: dict[Role, st
     with pytest.raises(GovernanceError) as refused:
         governor.decide(SEARCH)
     message = str(refused.value)
-    assert "rejected the API key (401" in message and "http://testserver" in message
+    assert "rejected the API key (401" in message and "https://testserver" in message
     assert wrong not in message
     assert transport.count("/decide") == 1  # never retried
 
@@ -474,6 +474,9 @@ def test_retries_print_nothing_unless_the_application_configures_logging() -> No
     )
     assert shown.stdout == "refused\nrefused\n"
     assert shown.stderr.splitlines() == [
+        f"WARNING:lexecon.remote:RemoteGovernor({url!r}): capability tokens are checked against keys served by the "
+        "same server, so whatever answers at that address can approve tool calls; in production pin the node's keys "
+        "with jwks= (and node_id=)",
         "WARNING:lexecon.remote:POST /decide failed (ConnectError); retry 1 of 2",
         "WARNING:lexecon.remote:POST /decide failed (ConnectError); retry 2 of 2",
     ]
@@ -595,7 +598,7 @@ def test_5xx_after_every_retry_fails_closed() -> None:
     with pytest.raises(GovernanceError) as refused:
         mock(down, retries=2).decide(SEARCH)
     assert str(refused.value) == (
-        "Lexecon server at http://testserver failed with HTTP 503 (undecided: ledger write failed: database is "
+        "Lexecon server at https://testserver failed with HTTP 503 (undecided: ledger write failed: database is "
         "locked) after 3 attempts; the tool call is refused"
     )
     assert len(seen) == 3

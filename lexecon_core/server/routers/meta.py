@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -13,7 +14,14 @@ from lexecon_core.auth import Permission
 from lexecon_core.keys import jwks_of
 from lexecon_core.server._security import authorize, bearer, limit_anonymous
 from lexecon_core.server._state import state_of
-from lexecon_core.wire import ErrorResponse, Health, NodeInfo
+from lexecon_core.wire import (
+    KEY_ROTATIONS_PATH,
+    ErrorResponse,
+    Health,
+    KeyRotationEntry,
+    KeyRotations,
+    NodeInfo,
+)
 
 router = APIRouter(tags=["meta"])
 
@@ -87,4 +95,35 @@ async def node_info(request: Request) -> NodeInfo:
         token_audience=state.settings.token_audience,
         token_ttl_seconds=state.settings.token_ttl_seconds,
         token_leeway_seconds=state.settings.token_leeway_seconds,
+    )
+
+
+@router.get(
+    KEY_ROTATIONS_PATH,
+    response_model=KeyRotations,
+    responses={
+        429: {"model": ErrorResponse, "description": "rate limit for this client address exceeded"},
+        503: {"model": ErrorResponse, "description": "the database is unavailable"},
+    },
+    dependencies=[Depends(limit_anonymous)],  # reads the ledger: limited per address, like /health
+    summary="The node's signed key hand-overs (key_rotated ledger entries)",
+)
+async def key_rotations(request: Request) -> KeyRotations:
+    """Every ``key_rotated`` entry exactly as stored, oldest first. Each is signed by the key it retires, so a client
+    that pinned the node's keys can follow a rotation without trusting this server's JWKS."""
+    state = state_of(request)
+    entries = await run_in_threadpool(state.governor.node.ledger.entries, entry_type="key_rotated")
+    return KeyRotations(
+        node_id=state.node_id,
+        entries=[
+            KeyRotationEntry(
+                seq=e.seq,
+                prev_hash=e.prev_hash.hex(),
+                entry_hash=e.entry_hash.hex(),
+                kid=e.kid,
+                signature=base64.b64encode(e.signature).decode("ascii"),
+                body=base64.b64encode(e.body).decode("ascii"),
+            )
+            for e in entries
+        ],
     )
