@@ -205,7 +205,10 @@ class LocalGovernor:
         else:
             decision_id = f"dec_{uuid.uuid4().hex}"
         try:
-            risk = assess(
+            # What the policy itself says about this call (data classes per tool, context from argument patterns).
+            # It is added to what the caller declared, never put in its place: a caller cannot declare it away.
+            classified = self.policy.classify(req.tool, req.tool_args)
+            risk = (classified.assess_risk if classified else assess)(
                 tool=req.tool,
                 data_classes=req.data_classes,
                 declared_level=req.risk_level,
@@ -221,6 +224,7 @@ class LocalGovernor:
                 context=req.context,
                 risk_level=risk.level,
                 mode=_stricter(self.settings.policy_mode, req.policy_mode),
+                classified=classified,
             )
         except (ValueError, TypeError) as exc:
             raise GovernanceError(f"policy evaluation failed for tool {req.tool!r}: {exc}") from None
@@ -240,6 +244,8 @@ class LocalGovernor:
             "token_id": jti,
             "escalation_id": escalation_id,
         }
+        if classified:  # only then, so a policy without classifications records exactly what it always did
+            record["classified"] = classified.to_record()
         if principal is not None:
             record["principal"] = principal
         try:

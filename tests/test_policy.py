@@ -262,6 +262,29 @@ class TestDocuments:
         changed = {**DOC, "mode": "paranoid"}
         assert policy_from_document(DOC).version != policy_from_document(changed).version
 
+    def test_classifications_are_part_of_the_version(self) -> None:
+        import hashlib
+
+        from lexecon_core._canonical import canonical_bytes
+
+        plain = policy_from_document(DOC)
+        # Without classifications the normalised document, and so the version, is what it was before they existed.
+        expected = {
+            "mode": "strict",
+            "name": "doc",
+            "terms": sorted(DOC["terms"], key=lambda t: t["term_id"]),
+            "relations": [{"relation_id": "permits:agents->search", **DOC["relations"][0]}],
+        }
+        assert plain.to_document() == expected
+        assert plain.version == "sha256:" + hashlib.sha256(canonical_bytes(expected)).hexdigest()
+        rule = {"tool": "search", "data_classes": ["public"]}
+        classified = policy_from_document({**DOC, "classifications": [rule]})
+        assert classified.to_document()["classifications"] == [rule]
+        assert classified.version != plain.version
+        other = policy_from_document({**DOC, "classifications": [{**rule, "data_classes": ["pii"]}]})
+        assert other.version not in {plain.version, classified.version}
+        assert policy_from_document(classified.to_document()).version == classified.version
+
     def test_round_trip_through_to_document(self) -> None:
         engine = policy_from_document(DOC)
         again = policy_from_document(engine.to_document())
@@ -276,6 +299,12 @@ class TestDocuments:
             (lambda d: d.update(mode="yolo"), "mode"),
             (lambda d: d.update(extra_field=1), "extra_field"),
             (lambda d: d["relations"][0].update(conditions={"max_risk_level": "huge"}), "max_risk_level"),
+            (lambda d: d.update(classifications=[{"tool": "t"}]), "classifications[0]: a classification must add"),
+            (
+                lambda d: d.update(classifications=[{"tool": "t", "context": {"k": "v"}, "args": {"to": {}}}]),
+                "classifications[0].args.to: give exactly one of 'matches' or 'not_matches'",
+            ),
+            (lambda d: d.update(classifications=[{"data_classes": ["pii"]}]), "classifications[0].tool"),
         ],
     )
     def test_errors_name_the_bad_field(self, mutate, where: str) -> None:  # type: ignore[no-untyped-def]

@@ -8,6 +8,8 @@
       - {term_id: search, term_type: tool, value: search}
     relations:
       - {relation_type: permits, source_term_id: bots, target_term_id: search}
+    classifications:            # optional: facts the node adds to a call (lexecon_core/policy/_classify.py)
+      - {tool: search, data_classes: [public]}
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lexecon_core.errors import PolicyError
+from lexecon_core.policy._classify import ClassificationRule
 from lexecon_core.policy._engine import PolicyEngine
 from lexecon_core.policy._model import Conditions, PolicyMode, PolicyRelation, PolicyTerm, RelationType, TermType
 
@@ -47,6 +50,7 @@ class _PolicyDoc(BaseModel):
     mode: PolicyMode = PolicyMode.STRICT
     terms: list[_TermDoc] = Field(default_factory=list)
     relations: list[_RelationDoc] = Field(default_factory=list)
+    classifications: list[ClassificationRule] = Field(default_factory=list)
 
 
 def policy_from_document(document: Any, *, source: str = "policy") -> PolicyEngine:
@@ -58,7 +62,8 @@ def policy_from_document(document: Any, *, source: str = "policy") -> PolicyEngi
     except ValidationError as exc:
         first = exc.errors()[0]
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"]).lstrip(".")
-        raise PolicyError(f"{source}: {where}: {first['msg']}") from None
+        # A model validator's message comes as "Value error, <message>"; the location already says where.
+        raise PolicyError(f"{source}: {where}: {first['msg'].removeprefix('Value error, ')}") from None
     engine = PolicyEngine(mode=doc.mode, name=doc.name)
     try:
         for term in doc.terms:
@@ -69,6 +74,8 @@ def policy_from_document(document: Any, *, source: str = "policy") -> PolicyEngi
                     rel.relation_type, rel.source_term_id, rel.target_term_id, rel.conditions, rel.relation_id or ""
                 )
             )
+        for rule in doc.classifications:
+            engine.add_classification(rule)
     except PolicyError as exc:
         raise PolicyError(f"{source}: {exc}") from None
     return engine

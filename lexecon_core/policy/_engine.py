@@ -2,7 +2,9 @@
 
 Evaluation in three steps, each proportional to what matches rather than to the size of the policy:
 1. **Satisfied terms.** Each request field is looked up in a per-type :class:`~lexecon_core._glob.PatternIndex`; the
-   set is then closed under ``implies`` relations.
+   set is then closed under ``implies`` relations. The facts are the caller's plus those the policy's own
+   classifications add (:meth:`PolicyEngine.classify`, module ``_classify``); the node's facts never replace the
+   caller's, they are matched as well.
 2. **Applicable relations.** Only relations whose source term is satisfied are examined (an index by source term).
 3. **Outcome.** Forbid, conflict and unmet requirements deny and override any permit; then the mode decides what an
    unpermitted request gets; then risk may turn an approval into an escalation.
@@ -17,6 +19,7 @@ from typing import Any
 
 from lexecon_core import _canonical, _glob
 from lexecon_core.errors import PolicyError
+from lexecon_core.policy._classify import NOT_CLASSIFIED, Classification, ClassificationRule, Classifier, coerce_rule
 from lexecon_core.policy._model import (
     Conditions,
     MatchedRelation,
@@ -87,6 +90,7 @@ class PolicyEngine:
         self._context_index: dict[str, _glob.PatternIndex[str]] = {}
         self._by_source: dict[str, list[_Rel]] = {}
         self._implies: dict[str, list[_Rel]] = {}
+        self._classifier = Classifier()
         self._version: str | None = None
 
     # -- building -------------------------------------------------------------------------------------------------
@@ -98,6 +102,10 @@ class PolicyEngine:
     @property
     def relations(self) -> tuple[PolicyRelation, ...]:
         return tuple(r.relation for r in self._relations.values())
+
+    @property
+    def classifications(self) -> tuple[ClassificationRule, ...]:
+        return self._classifier.rules
 
     def add_term(self, term: PolicyTerm) -> None:
         if term.term_id in self._terms:
@@ -123,6 +131,11 @@ class PolicyEngine:
         bucket.setdefault(relation.source_term_id, []).append(rel)
         self._version = None
 
+    def add_classification(self, rule: ClassificationRule | Mapping[str, Any]) -> None:
+        """Add a node-side classification rule (see :mod:`lexecon_core.policy._classify`)."""
+        self._classifier.add(coerce_rule(rule))
+        self._version = None
+
     # -- identity -------------------------------------------------------------------------------------------------
 
     def to_document(self) -> dict[str, Any]:
@@ -134,6 +147,11 @@ class PolicyEngine:
         }
         if self.name:
             document["name"] = self.name
+        if self._classifier:
+            # Only when present, so a policy without classifications keeps the version it always had. Sorted, like
+            # terms and relations: the rules' order changes nothing (a Classification is sorted too).
+            rules = [rule.to_dict() for rule in self._classifier.rules]
+            document["classifications"] = sorted(rules, key=_canonical.canonical_bytes)
         return document
 
     @property
@@ -146,6 +164,14 @@ class PolicyEngine:
 
     # -- evaluation -----------------------------------------------------------------------------------------------
 
+    def classify(self, tool: str | None, tool_args: Mapping[str, Any]) -> Classification:
+        """The data classes and context this policy's classifications add to a call of ``tool`` with ``tool_args``.
+
+        Pure; a policy without classifications answers at once with an empty (falsy) :class:`Classification`."""
+        if not self._classifier:
+            return NOT_CLASSIFIED
+        return self._classifier.classify(tool, tool_args)
+
     def satisfied_terms(
         self,
         *,
@@ -156,8 +182,26 @@ class PolicyEngine:
         data_classes: Sequence[str] = (),
         context: Mapping[str, Any] | None = None,
         risk_level: RiskLevel | None = None,
-        _implied: list[_Rel] | None = None,
+        classified: Classification | None = None,
     ) -> set[str]:
+        """The satisfied term ids (see :meth:`evaluate` for the arguments)."""
+        classified = NOT_CLASSIFIED if classified is None else classified
+        classes = classified.data_classes_with(data_classes) if classified.data_classes else data_classes
+        return self._satisfied(actor, action, tool, resource, classes, context, classified.context, risk_level)
+
+    def _satisfied(
+        self,
+        actor: str | None,
+        action: str | None,
+        tool: str | None,
+        resource: str | None,
+        data_classes: Sequence[str],
+        context: Mapping[str, Any] | None,
+        derived: Mapping[str, tuple[str, ...]],
+        risk_level: RiskLevel | None,
+        implied: list[_Rel] | None = None,
+    ) -> set[str]:
+        """``data_classes`` already holds the node's classes too; ``derived`` is the node's context."""
         index = self._index
         satisfied: set[str] = set()
         for term_type, value in (
@@ -175,6 +219,17 @@ class PolicyEngine:
                 by_key = self._context_index.get(key)
                 if by_key is not None:
                     satisfied.update(by_key.lookup(_glob.context_text(value)))
+        if derived:
+            # The node's values are matched in addition to the caller's: the caller cannot mask a node fact by
+            # declaring another value for its key. A node ``resource`` counts for resource terms, as the caller's
+            # ``context["resource"]`` does in a decision request.
+            for key, values in derived.items():
+                by_key = self._context_index.get(key)
+                for value in values:
+                    if by_key is not None:
+                        satisfied.update(by_key.lookup(value))
+                    if key == "resource":
+                        satisfied.update(index[TermType.RESOURCE].lookup(value))
         if self._implies and satisfied:
             pending = list(satisfied)
             while pending:
@@ -183,12 +238,12 @@ class PolicyEngine:
                     if target in satisfied:
                         continue
                     if rel.conditions is None or _conditions_hold(
-                        rel.conditions, data_classes, context, risk_level, denying=False
+                        rel.conditions, data_classes, context, derived, risk_level, denying=False
                     ):
                         satisfied.add(target)
                         pending.append(target)
-                        if _implied is not None:
-                            _implied.append(rel)
+                        if implied is not None:
+                            implied.append(rel)
         return satisfied
 
     def evaluate(
@@ -202,22 +257,20 @@ class PolicyEngine:
         context: Mapping[str, Any] | None = None,
         risk_level: RiskLevel | str | None = None,
         mode: PolicyMode | str | None = None,
+        classified: Classification | None = None,
     ) -> PolicyResult:
-        """Decide a request. ``mode`` may only make the engine stricter than its configured mode."""
+        """Decide a request. ``mode`` may only make the engine stricter than its configured mode.
+
+        ``data_classes`` and ``context`` are what the caller declared; ``classified`` (from :meth:`classify`) is what
+        the node adds. Terms and conditions see the union of data classes, and a context pattern holds when the
+        caller's value or one of the node's values for its key matches."""
         level = RiskLevel(risk_level) if risk_level is not None else None
         effective_mode = self.mode.stricter(PolicyMode(mode) if mode is not None else None)
-        classes = tuple(data_classes)
+        classified = NOT_CLASSIFIED if classified is None else classified
+        classes = classified.data_classes_with(data_classes) if classified.data_classes else tuple(data_classes)
+        derived = classified.context
         implied: list[_Rel] = []
-        satisfied = self.satisfied_terms(
-            actor=actor,
-            action=action,
-            tool=tool,
-            resource=resource,
-            data_classes=classes,
-            context=context,
-            risk_level=level,
-            _implied=implied,
-        )
+        satisfied = self._satisfied(actor, action, tool, resource, classes, context, derived, level, implied)
 
         permits: list[_Rel] = []
         denials: list[_Rel] = []
@@ -233,7 +286,7 @@ class PolicyEngine:
                     continue
                 denying = relation.relation_type in _DENYING
                 if rel.conditions is not None and not _conditions_hold(
-                    rel.conditions, classes, context, level, denying
+                    rel.conditions, classes, context, derived, level, denying
                 ):
                     continue
                 (denials if denying else permits).append(rel)
@@ -296,11 +349,13 @@ def _conditions_hold(
     cond: Conditions,
     data_classes: Sequence[str],
     context: Mapping[str, Any] | None,
+    derived: Mapping[str, tuple[str, ...]],
     level: RiskLevel | None,
     denying: bool,
 ) -> bool:
     """Whether a relation's conditions hold. An unknown risk level fails closed: risk bounds then hold for
-    relations that deny (forbids, conflicts, requires) and fail for relations that grant (permits, implies)."""
+    relations that deny (forbids, conflicts, requires) and fail for relations that grant (permits, implies).
+    ``data_classes`` includes the node's; a context pattern holds on the caller's value or any of the node's."""
     if cond.data_classes_any is not None and not any(
         _glob.matches_any(cond.data_classes_any, dc) for dc in data_classes
     ):
@@ -314,9 +369,11 @@ def _conditions_hold(
     if cond.min_risk_level is not None and (not denying if level is None else level < cond.min_risk_level):
         return False
     if cond.context:
-        if not context:
+        if not context and not derived:
             return False
         for key, pattern in cond.context.items():
-            if key not in context or not _glob.matches(pattern, _glob.context_text(context[key])):
+            if context and key in context and _glob.matches(pattern, _glob.context_text(context[key])):
+                continue
+            if not any(_glob.matches(pattern, value) for value in derived.get(key, ())):
                 return False
     return True
