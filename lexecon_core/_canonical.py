@@ -46,14 +46,28 @@ def args_digest(args: Any) -> str:
     Tool arguments may contain floats (``refund(amount=10.5)``); they are written the way Python's ``json`` writes them
     (shortest round-trip repr). Verifiers in other languages should expect integers or strings for exact reproduction.
     """
-    if isinstance(args, dict) and not all(isinstance(k, str) for k in args):
-        # JSON would turn {1: x} into {"1": x}: two different calls must not share one hash.
-        raise InvalidRequest("tool argument names must be strings")
+    _string_keys_only(args)
     try:
         data = _encoder.encode(args).encode("utf-8")
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError (lone surrogates) is a ValueError
         raise InvalidRequest(f"tool_args must be JSON-serialisable: {exc}") from None
     return hashlib.sha256(data).hexdigest()
+
+
+def _string_keys_only(value: Any) -> None:
+    """JSON writes ``{1: x}``, ``{True: x}`` and ``{None: x}`` as ``{"1": x}``, ``{"true": x}``, ``{"null": x}``: two
+    different calls would share one hash, and a token for one would authorise the other. Refused at every depth."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                if not isinstance(key, str):
+                    raise InvalidRequest(f"tool argument names must be strings, at every depth (found {key!r})")
+                if isinstance(inner, dict | list | tuple):
+                    pending.append(inner)
+        elif isinstance(item, list | tuple):
+            pending.extend(inner for inner in item if isinstance(inner, dict | list | tuple))
 
 
 def ledger_safe(value: Any) -> Any:

@@ -106,6 +106,11 @@ class NodeHome:
         return self.root / "ledger.db"
 
     @property
+    def ledger_anchor(self) -> Path:
+        """``seq:hash`` of an entry this node wrote: what a database writer cannot cut from the chain unnoticed."""
+        return self.root / "ledger.anchor"
+
+    @property
     def policy(self) -> Path:
         return self.root / "policy.json"
 

@@ -19,6 +19,7 @@ __all__ = [
     "InvalidRequest",
     "KeyStoreError",
     "LedgerError",
+    "LedgerTampered",
     "LexeconError",
     "PolicyError",
     "TokenError",
@@ -51,6 +52,16 @@ class InvalidRequest(LexeconError):
 
 class LedgerError(LexeconError):
     """The ledger could not be read or written. A decision that hits this is never approved."""
+
+
+class LedgerTampered(LedgerError):
+    """A ledger row the node was about to act on does not verify (hash, signature or place in the chain): the node
+    refuses to act on it. ``seq`` is the first entry that failed; the node keeps acting only on what it verified."""
+
+    def __init__(self, seq: int, reason: str) -> None:
+        super().__init__(f"ledger entry {seq} does not verify ({reason}); refusing to act on it")
+        self.seq = seq
+        self.reason = reason
 
 
 class TokenError(LexeconError):

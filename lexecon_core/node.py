@@ -121,6 +121,8 @@ def init_node(
         durability=settings.ledger_durability,
         checkpoint_interval=settings.checkpoint_interval,
         retention_days=settings.retention_days,
+        trusted_keys=keys.public_keys,  # the key directory's keys (the key ring adds rotated ones), not the table's
+        anchor_file=paths.ledger_anchor,
     )
     for key in keys.public_keys.values():
         ledger.publish_key(key)
@@ -148,5 +150,7 @@ def open_node(home: str | Path | None = None, *, settings: Settings | None = Non
         durability=settings.ledger_durability,
         checkpoint_interval=settings.checkpoint_interval,
         retention_days=settings.retention_days,
+        trusted_keys=keys.public_keys,  # the key directory's keys (the key ring adds rotated ones), not the table's
+        anchor_file=settings.paths.ledger_anchor if signer else None,
     )
     return Node(settings, keys, ledger)

@@ -73,13 +73,14 @@ def test_verify_ledger_exit_codes(cli_home: Path, capsys: pytest.CaptureFixture[
     code, out, _ = run(capsys, "verify-ledger", "--home", str(cli_home), "--json")
     report = json.loads(out)
     assert code == 0 and report["valid"] and report["chain_intact"] and report["entries_verified"] == 2
+    assert report["status"] == "valid" and report["keys_pinned"] is True  # the node's own keys
     import sqlite3
 
     with sqlite3.connect(cli_home / "ledger.db") as db:
         db.execute("UPDATE ledger_entries SET body = replace(body, 'support', 'suppXrt') WHERE seq = 2")
     code, out, _ = run(capsys, "verify-ledger", "--home", str(cli_home), "--json")
     report = json.loads(out)
-    assert code == 1 and not report["valid"] and report["first_bad_seq"] == 2
+    assert code == 1 and not report["valid"] and report["first_bad_seq"] == 2 and report["status"] == "invalid"
     code, out, _ = run(capsys, "verify-ledger", "--home", str(cli_home))
     assert code == 1 and "INVALID" in out and "first bad entry 2" in out
 
@@ -234,9 +235,21 @@ def test_ledger_file_copy_is_verified_with_the_nodes_keys(
     report = json.loads(out)
     assert code == 0 and report["valid"]
     assert report["key_source"].startswith("node keys in")
+    # Another home: only the keys embedded in the file are at hand, which proves consistency, not authorship.
     code, out, _ = run(capsys, "verify-ledger", "--ledger-file", str(copy), "--home", str(tmp_path / "x"), "--json")
-    assert code == 0
-    assert "not independently pinned" in json.loads(out)["key_source"]
+    report = json.loads(out)
+    assert code == 3 and report["valid"] and report["status"] == "unpinned" and report["keys_pinned"] is False
+    assert "not independently pinned" in report["key_source"]
+    code, out, _ = run(capsys, "verify-ledger", "--ledger-file", str(copy), "--home", str(tmp_path / "x"))
+    assert code == 3 and out.startswith("UNPINNED  2 entries consistent, but the keys came from the ledger itself")
+    assert "pass --jwks" in out
+    code, out, _ = run(capsys, "keys", "export", "--home", str(cli_home))
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(out)
+    code, out, _ = run(
+        capsys, "verify-ledger", "--ledger-file", str(copy), "--home", str(tmp_path / "x"), "--jwks", str(jwks)
+    )
+    assert code == 0 and out.startswith("valid  2 entries verified")
 
 
 def test_init_force_keeps_other_settings(cli_home: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -19,7 +19,7 @@ def test_create_list_revoke(home: Path, capsys: pytest.CaptureFixture[str]) -> N
     key = out.strip().splitlines()[-1]
     assert key.startswith("lxk_")
     node = open_node(home)
-    store = ApiKeyStore(node.settings.ledger_url)
+    store = ApiKeyStore(node.ledger)
     principal = store.authenticate(key)
     assert principal is not None and principal.name == "support-bot" and principal.role.value == "agent"
 
@@ -30,7 +30,7 @@ def test_create_list_revoke(home: Path, capsys: pytest.CaptureFixture[str]) -> N
 
     code, out, _ = run(capsys, "apikey", "revoke", principal.key_id, "--home", str(home))
     assert code == 0 and "revoked" in out
-    assert ApiKeyStore(node.settings.ledger_url, cache_seconds=0).authenticate(key) is None
+    assert ApiKeyStore(node.ledger, cache_seconds=0).authenticate(key) is None
     types = [e.entry_type for e in node.ledger.entries()]
     assert types.count("api_key_created") == 1 and types.count("api_key_revoked") == 1
     secret = key.split("_", 2)[2]

@@ -506,7 +506,12 @@ def test_rewritten_entry_at_anchored_position(decided: list[Any], governor: Loca
     claims = token_claims(last.capability_token)
     anchor = (claims["ledger_entry_id"], bytes.fromhex(claims["ledger_entry_hash"]))
     sql(home, "DELETE FROM ledger_entries WHERE seq = 8")
-    replacement = governor.decide(DENY)
+    # The process that verified entry 8 sees it gone and refuses to write in its place ...
+    with pytest.raises(GovernanceError, match=r"ledger truncated: entries 8\.\.8 were verified and are gone"):
+        governor.decide(DENY)
+    # ... a process that never saw it (no checkpoint covers it) writes a different entry 8:
+    with LocalGovernor(home) as other:
+        replacement = other.decide(DENY)
     assert replacement.ledger_entry_id == 8
     assert governor.verify_ledger().valid  # every signature is genuine ...
     report = governor.node.ledger.verify(governor.public_keys, anchors=[anchor])
@@ -719,8 +724,10 @@ def test_cli_ledger_file_without_jwks_uses_embedded_keys_and_says_so(
     copy = tmp_path / "copy.db"
     copy_ledger(db_path(home), copy)
     code, out, _ = run_cli(["verify-ledger", "--ledger-file", str(copy), "--json"], capsys)
-    assert code == 0
-    assert "not independently pinned" in json.loads(out)["key_source"]
+    assert code == 3  # consistent, but nothing says the node signed it: not a plain "valid"
+    report = json.loads(out)
+    assert "not independently pinned" in report["key_source"]
+    assert (report["valid"], report["keys_pinned"], report["status"]) == (True, False, "unpinned")
 
 
 @pytest.mark.parametrize("bad", ["8", "8:zz", "x:" + "00" * 32, "8:" + "00" * 31])
@@ -763,7 +770,7 @@ def test_cli_verify_does_not_modify_a_ledger_copy(
     copy_ledger(db_path(home), copy)
     before = hashlib.sha256(copy.read_bytes()).hexdigest()
     code, _, _ = run_cli(["verify-ledger", "--ledger-file", str(copy), "--json"], capsys)
-    assert code == 0
+    assert code == 3  # consistent, keys not pinned
     assert hashlib.sha256(copy.read_bytes()).hexdigest() == before
     assert all_seqs(copy) == list(range(1, 9))
 

@@ -83,26 +83,33 @@ def test_verify_ledger_cli_with_database_url(pg_home: Path, pg_url: str, capsys:
     assert report["key_source"].startswith("node keys in")
 
 
-def _append_worker(url: str, node_id: str, count: int, start: Any) -> None:
+def _append_worker(url: str, node_id: str, seed: bytes, count: int, start: Any) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from lexecon_core.keys import Signer
 
-    signer = Signer.generate()
+    # The node's key, as every worker of one node has it: a row signed by any other key is refused, not appended to.
+    signer = Signer(Ed25519PrivateKey.from_private_bytes(seed))
     with Ledger(url, node_id=node_id, signer=signer) as ledger:
-        ledger.publish_key(signer.public)
         start.wait()
         for i in range(count):
             ledger.append("note", {"worker": os.getpid(), "i": i})
 
 
 def test_many_processes_append_one_dense_chain(pg_url: str) -> None:
+    from cryptography.hazmat.primitives import serialization
+
     from lexecon_core.keys import Signer
 
     signer = Signer.generate()
     with Ledger(pg_url, node_id="multi", signer=signer):
         pass  # creates the schema and the genesis entry
+    seed = signer.jose_key().private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Barrier(4)
-    workers = [ctx.Process(target=_append_worker, args=(pg_url, "multi", 2_000, start)) for _ in range(4)]
+    workers = [ctx.Process(target=_append_worker, args=(pg_url, "multi", seed, 2_000, start)) for _ in range(4)]
     for worker in workers:
         worker.start()
     for worker in workers:

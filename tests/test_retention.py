@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lexecon_core import LedgerError, LocalGovernor
+from lexecon_core import LedgerError, LedgerTampered, LocalGovernor
 from lexecon_core.keys import Signer
 from lexecon_core.ledger import Ledger, sqlite_url
 
@@ -37,13 +37,18 @@ def test_purge_inside_retention_is_refused(decided: LocalGovernor, home: Path) -
 def test_purge_past_retention_keeps_the_ledger_verifiable(decided: LocalGovernor, home: Path) -> None:
     ledger = decided.node.ledger
     checkpoint = ledger.checkpoint()
+    newest = ledger.get(6)
+    assert newest is not None
     tombstone = ledger.purge(6, reason="retention expired", now=LATER)
     assert tombstone is not None and tombstone.entry_type == "entries_purged"
     import hashlib
 
+    # What it decided by, signed: the retention, the time of the newest entry purged (from its verified body)
+    # and the clock it judged by - so verification can prove the purge was allowed.
     assert tombstone.data == {"from_seq": 3, "to_seq": 6, "purged": 4, "reason": "retention expired",
-                              "retention_days": 3650,
-                              "seqs_sha256": hashlib.sha256(b"3,4,5,6").hexdigest()}  # fmt: skip
+                              "retention_days": 3650, "seqs_sha256": hashlib.sha256(b"3,4,5,6").hexdigest(),
+                              "newest_ts": newest.created_at,
+                              "as_of": LATER.isoformat(timespec="microseconds").replace("+00:00", "Z")}  # fmt: skip
     state = rows(home)
     assert [r[3] for r in state[:9]] == [0, 0, 1, 1, 1, 1, 0, 0, 0]  # genesis and policy are never purged
     assert all(length == 0 for _, _, length, purged in state if purged)
@@ -119,8 +124,11 @@ def test_blanking_a_governance_entry_inside_a_tombstone_range_is_caught(decided:
     report = decided.verify_ledger()
     assert not report.valid and report.first_bad_seq == 3
     assert "differ from those the tombstone signed" in (report.reason or "")
-    with pytest.raises(LedgerError, match="has been erased"):
-        ledger.release_hold(hold, reason="gone")
+    # A node that reads the ledger now does not lose the hold: it refuses the tampered ledger altogether.
+    with LocalGovernor(home) as fresh, pytest.raises(LedgerTampered, match="differ from those the tombstone signed"):
+        fresh.node.ledger.release_hold(hold, reason="gone")
+    # The node that verified the hold before it was blanked still knows it.
+    assert hold in ledger.governance().holds
 
 
 def test_retention_cli(governor: LocalGovernor, capsys: pytest.CaptureFixture[str]) -> None:

@@ -678,3 +678,36 @@ def test_integer_argument_names_are_refused() -> None:
 
     with pytest.raises(InvalidRequest, match="argument names must be strings"):
         args_digest({1: "x"})
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"a": {1: "x"}},
+        {"a": {True: "x"}},
+        {"a": {None: "x"}},
+        {"a": [{"b": {2.5: "x"}}]},
+        {"a": ({"b": {(1, 2): "x"}},)},
+    ],
+    ids=["int", "bool", "none", "float in a list", "tuple key in a tuple"],
+)
+def test_non_string_argument_names_are_refused_at_every_depth(
+    args: dict[str, Any], signer: Signer, keys: dict[str, PublicKey]
+) -> None:
+    """JSON would write each as its string form: a token approved for one call would verify for another."""
+    from lexecon_core import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match="argument names must be strings, at every depth"):
+        args_digest(args)
+    token = _issue(signer)
+    with pytest.raises(InvalidRequest):
+        verify_token(token, keys=keys, tool="refund", args=args, now=T0 + 1)
+
+
+def test_a_decision_with_nested_non_string_names_is_refused_unrecorded(governor: Any) -> None:
+    from lexecon_core import InvalidRequest
+
+    head = governor.node.ledger.head()
+    with pytest.raises(InvalidRequest, match="at every depth"):
+        governor.decide({"actor": "ai_agent:a", "tool": "refund", "tool_args": {"order": {1: "x"}}})
+    assert governor.node.ledger.head() == head

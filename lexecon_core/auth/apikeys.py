@@ -1,52 +1,43 @@
 """API keys for agents and services.
 
 A key is ``lxk_<key_id>_<secret>``: ``key_id`` (16 hex characters) names the key in lists, logs and the ledger;
-``secret`` is 256 random bits. Only ``SHA-256("lexecon:apikey:v1" 0x00 key)`` is stored. A fast hash is right here,
+``secret`` is 256 random bits. Only ``SHA-256("lexecon:apikey:v1" 0x00 key)`` is kept. A fast hash is right here,
 unlike for passwords: a 256-bit random secret cannot be guessed, so slowing each check down would buy nothing and
 cost every request. Presented keys are compared with :func:`hmac.compare_digest`.
 
-Creating and revoking a key is recorded in the ledger first, then applied. Verified keys are cached in-process for
-``cache_seconds``: a revocation takes effect at once in the process that made it and within ``cache_seconds`` in
-other processes sharing the database.
+The keys that exist are what the signed ledger says: a key is created by an ``api_key_created`` entry (which
+carries its hash) and revoked by an ``api_key_revoked`` entry, and a server knows them only from entries it verified
+(``Ledger.governance``). No table is consulted, so a row written into the database by someone without the node's
+signing key creates no key and un-revokes none. A revocation takes effect at once in the process that made it and,
+elsewhere, once that process next catches up with the ledger: within ``cache_seconds``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
-
-from sqlalchemy import Engine, Select, insert, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from lexecon_core._glob import matches
 from lexecon_core.auth.roles import Permission, Role, role_can
-from lexecon_core.errors import AuthError, LedgerError
+from lexecon_core.errors import AuthError
 from lexecon_core.ledger import Ledger
-from lexecon_core.ledger._backend import backend_for
-from lexecon_core.ledger._entry import utc_timestamp
-from lexecon_core.ledger._schema import api_keys
+from lexecon_core.ledger._governance import Governance, KeyRecord
 
 __all__ = ["ApiKey", "ApiKeyStore", "Principal"]
+
+logger = logging.getLogger("lexecon.auth")
 
 _TAG = b"lexecon:apikey:v1\x00"
 _KEY_RE = re.compile(r"^lxk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._:@/-]{0,127}$")
 _DUMMY = hashlib.sha256(b"lexecon:apikey:dummy").digest()
-_KeyList = list["ApiKey"]  # named here: inside ApiKeyStore, ``list`` is the method
-_KEYS = select(
-    api_keys.c.key_id,
-    api_keys.c.name,
-    api_keys.c.role,
-    api_keys.c.created_at,
-    api_keys.c.revoked_at,
-    api_keys.c.actors,
-)
+_UNKNOWN_SYNC_SECONDS = 0.25  # an unknown key id makes a process catch up with the ledger at most this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,25 +91,27 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(_TAG + key.encode("ascii")).digest()
 
 
-class ApiKeyStore:
-    """API keys in the node's database (the ``api_keys`` table, created by the ledger's migrations)."""
+def _key_of(record: KeyRecord) -> ApiKey | None:
+    try:
+        role = Role(record.role)
+    except ValueError:
+        return None
+    return ApiKey(record.key_id, record.name, role, record.created_at, record.revoked_at, record.actors)
 
-    def __init__(self, url: str, *, ledger: Ledger | None = None, cache_seconds: float = 5.0) -> None:
+
+class ApiKeyStore:
+    """The API keys a node's ledger records. Creating or revoking one appends a signed entry; reading them reads
+    what this process verified of the ledger."""
+
+    def __init__(self, ledger: Ledger, *, cache_seconds: float = 5.0) -> None:
         self._ledger = ledger
         self._cache_seconds = cache_seconds
-        self._cache: dict[bytes, tuple[Principal, float]] = {}
-        self._revoked: set[str] = set()  # revoked by this process: never cached again, whatever a racing read saw
         self._lock = threading.Lock()
-        try:
-            backend, url = backend_for(url)
-            self._engine: Engine = backend.make_engine(url, writer=True, readonly=False, durability="fsync")
-            self._reader: Engine = backend.make_engine(url, writer=False, readonly=False, durability="fsync")
-        except SQLAlchemyError as exc:
-            raise LedgerError(f"cannot open the API key store: {type(exc).__name__}") from None
+        self._unknown_sync = 0.0  # when an unknown key id last made this process catch up
+        self._warned: set[str] = set()
 
     def close(self) -> None:
-        self._engine.dispose()
-        self._reader.dispose()
+        """Nothing to release: the store reads and writes through the node's ledger, which its owner closes."""
 
     # -- management -----------------------------------------------------------------------------------------------
 
@@ -138,110 +131,96 @@ class ApiKeyStore:
             raise AuthError(f"unknown role {role!r}; expected one of {', '.join(r.value for r in Role)}") from None
         key_id = secrets.token_hex(8)
         key = f"lxk_{key_id}_{secrets.token_urlsafe(32)}"
-        record = ApiKey(key_id, name, role, utc_timestamp(), actors=actors)
-        facts = {"key_id": key_id, "name": name, "role": role.value, "actors": actors, "by": by}
-        self._record("api_key_created", facts)
-        try:
-            with self._engine.begin() as conn:
-                conn.execute(
-                    insert(api_keys).values(
-                        key_id=key_id,
-                        name=name,
-                        role=role.value,
-                        actors=actors,
-                        key_hash=_digest(key),
-                        created_at=record.created_at,
-                    )
-                )
-        except IntegrityError:  # 64-bit id collision: astronomically unlikely; refuse rather than overwrite
-            raise AuthError("key id collision; try again") from None
-        except SQLAlchemyError as exc:
-            raise LedgerError(f"cannot store the API key: {type(exc).__name__}") from None
-        return record, key
+        facts = {
+            "key_id": key_id,
+            "name": name,
+            "role": role.value,
+            "actors": actors,
+            # The hash is what authenticates the key, so it is signed with the rest (it reveals nothing of a
+            # 256-bit secret).
+            "key_sha256": _digest(key).hex(),
+            "by": by,
+        }
+
+        def unused(governance: Governance) -> None:
+            if key_id in governance.api_keys:  # 64-bit id collision: astronomically unlikely; never overwrite
+                raise AuthError("key id collision; try again")
+
+        entry = self._ledger.append("api_key_created", facts, guard=unused)
+        return ApiKey(key_id, name, role, entry.created_at, actors=actors), key
 
     def list(self, *, include_revoked: bool = True) -> list[ApiKey]:
-        query = _KEYS.order_by(api_keys.c.created_at, api_keys.c.key_id)
-        return self._read(query if include_revoked else query.where(api_keys.c.revoked_at.is_(None)))
+        records = sorted(self._ledger.governance().api_keys.values(), key=lambda r: r.created_seq)
+        keys = [k for r in records if (k := _key_of(r)) is not None]
+        return keys if include_revoked else [k for k in keys if k.active]
 
     def get(self, key_id: str) -> ApiKey | None:
-        found = self._read(_KEYS.where(api_keys.c.key_id == key_id))
-        return found[0] if found else None
-
-    def _read(self, query: Select[Any]) -> _KeyList:
-        try:
-            with self._reader.connect() as conn:
-                rows = conn.execute(query).all()
-        except SQLAlchemyError as exc:
-            raise LedgerError(f"cannot read API keys: {type(exc).__name__}") from None
-        return [ApiKey(r[0], r[1], Role(r[2]), r[3], r[4], r[5]) for r in rows]
+        record = self._ledger.governance().api_keys.get(key_id)
+        return _key_of(record) if record is not None else None
 
     def revoke(self, key_id: str, *, by: str) -> ApiKey:
-        """Revoke a key for good, then record it in the ledger. Exactly one of concurrent revocations succeeds (the
-        others get :class:`AuthError`), so the ledger records each revocation once.
+        """Revoke a key for good: a signed ``api_key_revoked`` entry, appended only if the key exists and is active
+        as of its place in the chain (checked under the write lock), so concurrent revocations record it once and
+        the others get :class:`AuthError`."""
 
-        Unlike creation, revocation acts before it logs: it only takes a permission away, so it must not wait on
-        the ledger. If the entry then cannot be written, the key stays revoked and :class:`LedgerError` says so.
-        """
-        found = self.get(key_id)
-        if found is None:
+        def active(governance: Governance) -> None:
+            current = governance.api_keys.get(key_id)
+            if current is None:
+                raise AuthError(f"no API key {key_id!r}")
+            if current.revoked_at is not None:
+                raise AuthError(f"API key {key_id!r} is already revoked")
+
+        record = self._ledger.governance().api_keys.get(key_id)  # a key's name and role never change
+        if record is None:
             raise AuthError(f"no API key {key_id!r}")
-        revoked_at = utc_timestamp()
-        still_active = (api_keys.c.key_id == key_id) & api_keys.c.revoked_at.is_(None)
-        with self._lock:  # from now on this process refuses the key, even if a check in flight read it as active
-            self._revoked.add(key_id)
-            self._cache = {d: (p, t) for d, (p, t) in self._cache.items() if p.key_id != key_id}
-        try:
-            with self._engine.begin() as conn:
-                won = conn.execute(update(api_keys).where(still_active).values(revoked_at=revoked_at)).rowcount == 1
-        except SQLAlchemyError as exc:
-            raise LedgerError(f"cannot revoke the API key: {type(exc).__name__}") from None
-        if not won:
-            raise AuthError(f"API key {key_id!r} is already revoked")
-        try:
-            self._record("api_key_revoked", {"key_id": key_id, "name": found.name, "role": found.role.value, "by": by})
-        except LedgerError as exc:
-            raise LedgerError(f"API key {key_id!r} is revoked, but the revocation was not recorded: {exc}") from None
-        return ApiKey(found.key_id, found.name, found.role, found.created_at, revoked_at, found.actors)
-
-    def _record(self, entry_type: str, data: dict[str, str]) -> None:
-        if self._ledger is not None:
-            self._ledger.append(entry_type, data)
+        data = {"key_id": key_id, "name": record.name, "role": record.role, "by": by}
+        entry = self._ledger.append("api_key_revoked", data, guard=active)
+        return ApiKey(record.key_id, record.name, Role(record.role), record.created_at, entry.created_at, record.actors)
 
     # -- authentication -------------------------------------------------------------------------------------------
 
     def cached(self, presented: str) -> Principal | None:
-        """The principal for a key verified within ``cache_seconds``, without touching the database."""
-        return self._cached(_digest(presented)) if presented.isascii() else None
-
-    def _cached(self, digest: bytes) -> Principal | None:
-        hit = self._cache.get(digest)
-        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
+        """The principal for a key, from what this process verified within ``cache_seconds`` - no I/O. None: not
+        known that recently (call :meth:`authenticate`)."""
+        if not self._ledger.synced_within(self._cache_seconds):
+            return None
+        return self._lookup(presented)
 
     def authenticate(self, presented: str) -> Principal | None:
         """The principal a presented key belongs to, or None (malformed, unknown, wrong secret or revoked)."""
         match = _KEY_RE.match(presented) if presented.isascii() else None
         if match is None:
             return None
-        digest = _digest(presented)
-        hit = self._cached(digest)
-        if hit is not None:
-            return hit
-        c = api_keys.c
-        query = select(c.name, c.role, c.key_hash, c.revoked_at, c.actors).where(c.key_id == match.group(1))
-        try:
-            with self._reader.connect() as conn:
-                row = conn.execute(query).first()
-        except SQLAlchemyError as exc:
-            raise LedgerError(f"cannot read API keys: {type(exc).__name__}") from None
-        stored = bytes(row[2]) if row is not None else _DUMMY
-        # Compare even for an unknown id, so the response time does not say which key ids exist.
-        if not hmac.compare_digest(stored, digest) or row is None or row[3] is not None:
+        if not self._ledger.synced_within(self._cache_seconds):
+            self._ledger.trusted_state()  # catch up: keys created or revoked by other processes
+        elif self._ledger.api_key(match.group(1)) is None:
+            with self._lock:  # a key created a moment ago elsewhere; a flood of made-up ids costs one read per window
+                due = time.monotonic() >= self._unknown_sync
+                if due:
+                    self._unknown_sync = time.monotonic() + _UNKNOWN_SYNC_SECONDS
+            if due:
+                self._ledger.trusted_state()
+        return self._lookup(presented)
+
+    def _lookup(self, presented: str) -> Principal | None:
+        match = _KEY_RE.match(presented) if presented.isascii() else None
+        if match is None:
             return None
-        principal = Principal(match.group(1), row[0], Role(row[1]), row[4])
-        with self._lock:
-            if principal.key_id in self._revoked:
-                return None
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[digest] = (principal, time.monotonic() + self._cache_seconds)
-        return principal
+        key_id = match.group(1)
+        record = self._ledger.api_key(key_id)
+        stored = _DUMMY
+        if record is not None and record.key_sha256 is not None:
+            stored = bytes.fromhex(record.key_sha256)
+        elif record is not None and key_id not in self._warned:
+            self._warned.add(key_id)
+            logger.warning(
+                "API key %s was created before keys' hashes were signed into the ledger; create a new one", key_id
+            )
+        # Compare even for an unknown id, so the response time does not say which key ids exist.
+        if not hmac.compare_digest(stored, _digest(presented)) or record is None or record.revoked_at is not None:
+            return None
+        current = self._ledger.api_key(key_id)  # a revocation that landed during the check wins
+        if current is None or current.revoked_at is not None:
+            return None
+        key = _key_of(record)
+        return None if key is None else Principal(key.key_id, key.name, key.role, key.actors)

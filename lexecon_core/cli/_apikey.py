@@ -16,7 +16,7 @@ apikey_app = typer.Typer(help="Create, list and revoke API keys for the server."
 
 
 def _store(node: Node) -> ApiKeyStore:
-    return ApiKeyStore(node.settings.ledger_url, ledger=node.ledger)
+    return ApiKeyStore(node.ledger)
 
 
 def _operator() -> str:
@@ -81,7 +81,7 @@ def list_keys(home: HomeOption = None, as_json: JsonFlag = False) -> None:
 def revoke(
     key_id: Annotated[str, typer.Argument(help="The key id from `lexecon apikey list`.")], home: HomeOption = None
 ) -> None:
-    """Revoke a key for good (recorded in the ledger). Servers refuse it within LEXECON_API_KEY_CACHE_SECONDS."""
+    """Revoke a key for good (a signed ledger entry). Servers refuse it within LEXECON_API_KEY_CACHE_SECONDS."""
     node = open_node(home)
     store = _store(node)
     try:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from sqlalchemy.engine import make_url
 
@@ -156,7 +157,10 @@ def verify_ledger(
     home: HomeOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Verify the ledger: hash chain, every signature, signed checkpoints, anchors. Exit 0 valid, 1 invalid."""
+    """Verify the ledger: hash chain, every signature, signed checkpoints, anchors.
+
+    Exit 0 valid, 1 invalid, 3 consistent but unpinned (checked only against keys the ledger or bundle carries).
+    """
     anchors = [_parse_anchor(a) for a in anchor or []]
     notes = [_read_note(path) for path in checkpoint or []]
     if ledger_file is not None and database_url is not None:
@@ -188,15 +192,29 @@ def _verify_bundle_file(
 ) -> None:
     keys, source = _trusted_keys(jwks, "", None) if jwks is not None else (None, "")
     report = verify_bundle(path, keys, key_source=source or None, anchors=anchors, checkpoints=notes)
-    _report_and_exit(report, as_json=as_json)
+    _report_and_exit(report, as_json=as_json, origin="bundle")
 
 
-def _report_and_exit(report: VerificationReport, *, as_json: bool, trusted: bool = False) -> NoReturn:
+# A valid report checked with keys the file carries proves internal consistency only (whoever wrote the file could
+# write its keys too), so it gets a status and exit code of its own: a script testing for 0 does not take it as proof.
+_EXIT_CODES = {"valid": 0, "invalid": 1, "unpinned": 3}
+
+
+def _status(report: VerificationReport) -> str:
+    if not report.valid:
+        return "invalid"
+    return "valid" if report.keys_pinned else "unpinned"
+
+
+def _report_and_exit(
+    report: VerificationReport, *, as_json: bool, trusted: bool = False, origin: str = "ledger"
+) -> NoReturn:
+    status = _status(report)
     if as_json:
-        print_json(report.to_dict())
+        print_json({**report.to_dict(), "status": status})
     else:
-        _print_report(report, trusted=trusted)
-    raise typer.Exit(0 if report.valid else 1)
+        _print_report(report, status, trusted=trusted, origin=origin)
+    raise typer.Exit(_EXIT_CODES[status])
 
 
 def _run_verify(
@@ -231,15 +249,22 @@ def _run_verify(
         )
 
 
-def _print_report(report: VerificationReport, *, trusted: bool = False) -> None:
-    if report.valid:
+def _print_report(report: VerificationReport, status: str, *, trusted: bool = False, origin: str = "ledger") -> None:
+    # Reasons and key sources can quote the file (a kid, a path): escaped, so they cannot restyle the verdict.
+    if status == "unpinned":
+        out.print(
+            f"[bold yellow]UNPINNED[/]  {report.entries_verified} entries consistent, but the keys came from the "
+            f"{origin} itself: this proves internal consistency, not that the node signed it; pass --jwks with the "
+            "node's published keys"
+        )
+    elif status == "valid":
         checked = "signatures after the last checkpoint" if trusted else "all signatures"
         out.print(f"[bold green]valid[/]  {report.entries_verified} entries verified, chain intact, {checked} good")
     else:
-        out.print(f"[bold red]INVALID[/]  first bad entry {report.first_bad_seq}: {report.reason}")
+        out.print(f"[bold red]INVALID[/]  first bad entry {report.first_bad_seq}: {escape(report.reason or '')}")
         out.print(f"  entries verified before it: {report.entries_verified}")
     out.print(f"  head         {report.head_seq} {report.head_hash or '-'}")
-    out.print(f"  trusted keys {report.key_source}")
+    out.print(f"  trusted keys {escape(report.key_source)}")
     if report.anchors_checked:
         out.print(f"  anchors      {report.anchors_checked} matched")
     if report.checkpoints_checked and report.valid:

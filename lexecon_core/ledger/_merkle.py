@@ -207,6 +207,9 @@ class CompactRange:
             index >>= 1
         peaks.extend(reversed(new))
 
+    def copy(self) -> CompactRange:
+        return CompactRange(self.size, self._peaks)
+
     def root(self) -> bytes:
         if not self._peaks:
             return EMPTY_ROOT

@@ -78,19 +78,3 @@ checkpoints = Table(
     Column("kid", String(64), nullable=False),
     Column("note", Text, nullable=False),
 )
-
-# Credentials of agents and services calling the hosted server (lexecon_core.auth). The node's database holds them so
-# every server sharing it agrees on who may call; only a hash of each key is kept.
-api_keys = Table(
-    "api_keys",
-    metadata,
-    Column("key_id", String(32), primary_key=True),
-    Column("name", String(128), nullable=False),
-    Column("role", String(16), nullable=False),
-    # The actors an agent key may decide for (a wildcard pattern): the policy is written per actor, so a key that
-    # could name any actor would carry every agent's permissions.
-    Column("actors", String(256), nullable=False, server_default="*"),
-    Column("key_hash", LargeBinary(32), nullable=False),
-    Column("created_at", String(32), nullable=False),
-    Column("revoked_at", String(32), nullable=True),
-)

@@ -10,8 +10,11 @@ the machine losing power. Both keep the chain consistent. Database specifics liv
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,7 +25,7 @@ from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
 
-from lexecon_core.errors import InvalidRequest, LedgerError, LexeconError
+from lexecon_core.errors import InvalidRequest, LedgerError, LedgerTampered, LexeconError
 from lexecon_core.keys import PublicKey, Signer, b64url, jwks_of
 from lexecon_core.ledger import _retention, _schema, _tree
 from lexecon_core.ledger._backend import DURABILITIES, Durability, WalCheckpointer, backend_for
@@ -38,10 +41,21 @@ from lexecon_core.ledger._entry import (
     signing_message,
     utc_timestamp,
 )
+from lexecon_core.ledger._governance import GOVERNANCE_TYPES, Governance, KeyRecord, body_ts, body_type
+from lexecon_core.ledger._merkle import leaf_hash, verify_inclusion
 from lexecon_core.ledger._migrate import check_tables, ensure_schema
 from lexecon_core.ledger._retention import DEFAULT_RETENTION_DAYS
 from lexecon_core.ledger._tree import InclusionProof
-from lexecon_core.ledger._verify import StoredRow, VerificationReport, _blob, stored_row, verify_pages
+from lexecon_core.ledger._trust import Verified, check_head, establish, extend
+from lexecon_core.ledger._verify import (
+    StoredRow,
+    VerificationReport,
+    _blob,
+    continue_walk,
+    stored_row,
+    trusted_roots,
+    verify_pages,
+)
 
 _t = _schema.entries
 logger = logging.getLogger("lexecon.ledger")
@@ -79,6 +93,9 @@ class _Request:
     signer: Signer
     only_if_empty: bool
     once: str | None = None  # a decision id: write nothing if an entry with it exists, answer with that entry
+    # Checked under the write lock against the verified governance state (with this batch's earlier entries):
+    # raises a LexeconError to refuse the append, e.g. revoking a key that is already revoked.
+    guard: Callable[[Governance], None] | None = None
     existed: bool = False
     entry: LedgerEntry | None = None
     error: BaseException | None = None
@@ -90,6 +107,8 @@ class Ledger:
     """Append-only, signed, hash-chained ledger of one node.
 
     ``readonly=True`` opens an existing ledger for reading and verification without changing the file.
+    ``trusted_keys`` are the keys whose signatures this handle accepts on rows it acts on (default: the signer's);
+    keys handed over by verified ``key_rotated`` entries join them.
     """
 
     def __init__(
@@ -102,9 +121,22 @@ class Ledger:
         durability: Durability = "fsync",
         checkpoint_interval: int = 0,
         retention_days: int = DEFAULT_RETENTION_DAYS,
+        trusted_keys: Mapping[str, PublicKey] | None = None,
+        anchor_file: Path | None = None,
     ) -> None:
         self.url = url
+        # (seq, hash) of an entry this node wrote, kept beside its keys: a database writer can delete the tail of
+        # the chain and the checkpoints over it, but not this file, so a revocation or hold cannot be cut off.
+        self._anchor_file = anchor_file
         self._signer = signer
+        own = {signer.kid: signer.public} if signer is not None else {}
+        self._trusted_keys = trusted_keys if trusted_keys is not None else own
+        self._verified: Verified | None = None  # see _trust; grown under _trust_lock
+        self._trust_lock = threading.Lock()
+        self._synced_at = 0.0
+        self.refusals = 0  # rows refused because they did not verify (the server's metrics count them)
+        self._last_refusal: str | None = None
+        self._failed: tuple[tuple[int, bytes], LedgerTampered, float] | None = None  # head, error, retry after
         # One writing thread per process (see _append); the database lock covers other processes.
         self._queue_lock = threading.Lock()
         self._queue: list[_Request] = []
@@ -184,6 +216,9 @@ class Ledger:
             self._conn = None
 
     def close(self) -> None:
+        if self._verified is not None and self._signer is not None:
+            with self._trust_lock:
+                self._write_anchor(self._verified.size, self._verified.head)
         if self._wal is not None:
             self._wal.close()
         with self._queue_lock:
@@ -204,12 +239,23 @@ class Ledger:
     def set_signer(self, signer: Signer) -> None:
         self._signer = signer
 
-    def append(self, entry_type: str, data: Mapping[str, Any], *, signer: Signer | None = None) -> LedgerEntry:
-        """Append one entry and return it once it is durable. Raises :class:`LedgerError` if it is not written."""
+    def append(
+        self,
+        entry_type: str,
+        data: Mapping[str, Any],
+        *,
+        signer: Signer | None = None,
+        guard: Callable[[Governance], None] | None = None,
+    ) -> LedgerEntry:
+        """Append one entry and return it once it is durable. Raises :class:`LedgerError` if it is not written.
+
+        ``guard`` is called under the write lock with the verified governance state as of the new entry's place; it
+        raises a LexeconError to refuse the append (so a check and its entry cannot be split by another writer)."""
         signer = signer or self._signer
         if signer is None:
             raise LedgerError("this ledger handle is read-only (no signing key)")
-        entry = self._append(entry_type, data, signer)
+        request = _Request(entry_type, data, signer, False, guard=guard)
+        entry = self._append(entry_type, data, signer, request=request)
         assert entry is not None
         if self.checkpoint_interval and entry.seq % self.checkpoint_interval == 0:
             try:
@@ -288,6 +334,13 @@ class Ledger:
             self._hand_over()
 
     def _write_batch(self, batch: list[_Request]) -> None:
+        if self._verified is None:  # the first walk runs before the write lock: it may take a while
+            try:
+                self.trusted_state()
+            except LedgerError as exc:
+                for item in batch:
+                    item.error = exc
+                return
         with self._backend.writer_turn():
             self._write_batch_now(batch)
         if self._wal is not None:  # after the commit and outside it: nothing here can fail a written entry
@@ -301,17 +354,30 @@ class Ledger:
             cursor.execute(self._backend.lock_sql)  # the write lock before reading the head: no fork, no gap
             head = cursor.execute(self._head_sql).fetchone()
             seq, prev = (head[0] + 1, bytes(head[1])) if head else (1, genesis_hash(self.node_id))
+            # Nothing is appended after a head this handle has not verified: a planted row would otherwise be
+            # vouched for by every later entry's link and by the next checkpoint.
+            verified = self.trusted_state((seq - 1, prev))
             rows: list[Any] = []
+            new: list[LedgerEntry] = []
             written: dict[str, LedgerEntry] = {}  # decision ids appended once, in this batch
+            governance: Governance | None = None  # the state with this batch's entries, once one needs it
             for item in batch:
                 if item.only_if_empty and seq != 1:  # another writer got there first
                     continue
                 if item.once is not None:
-                    found = written.get(item.once) or self._find(cursor, item.once)
+                    try:
+                        found = written.get(item.once) or self._find(cursor, item.once, verified)
+                    except LedgerTampered as exc:  # a planted or altered row answers nobody
+                        item.error = exc
+                        continue
                     if found is not None:
                         item.entry, item.existed = found, True
                         continue
+                if governance is None and (item.guard is not None or item.entry_type in GOVERNANCE_TYPES):
+                    governance = verified.governance.copy()
                 try:
+                    if item.guard is not None and governance is not None:
+                        item.guard(governance)
                     item.entry, row = self._build(item, seq, prev)
                 except LexeconError as exc:  # this request's own data is bad: it alone fails, nothing written
                     item.error = exc
@@ -320,12 +386,16 @@ class Ledger:
                     item.error = InvalidRequest(f"ledger entry data is malformed: {exc}")
                     continue
                 rows.append(row if self._positional else dict(zip(_COLUMN_NAMES, row, strict=True)))
+                new.append(item.entry)
                 if item.once is not None:
                     written[item.once] = item.entry
+                if governance is not None and item.entry_type in GOVERNANCE_TYPES:
+                    governance.apply(seq, item.entry_type, item.entry.created_at, item.entry.data)
                 seq, prev = seq + 1, item.entry.entry_hash
             if rows:
                 cursor.executemany(self._insert_sql, rows)
             db.commit()  # durable (to the chosen level) when this returns
+            self._absorb_own(verified, new)
         except BaseException as exc:
             self._abort_append()
             database_error = isinstance(exc, (*self._backend.errors, SQLAlchemyError))
@@ -342,19 +412,44 @@ class Ledger:
                 for item in pending:
                     self._write_batch_now([item])  # still our turn in the writer queue
                 return
-            error = LedgerError(f"ledger write failed: {_short(exc)}")
+            error = exc if isinstance(exc, LedgerError) else LedgerError(f"ledger write failed: {_short(exc)}")
             for item in batch:  # the transaction is gone: no entry of this batch exists
                 item.entry = None
                 item.error = item.error or error
-            if not database_error:
+            if not database_error and not isinstance(exc, LedgerError):
                 raise  # an interrupt or a bug: the writing thread sees the original, the others a LedgerError
         finally:
             if cursor is not None:
                 cursor.close()
 
-    def _find(self, cursor: Any, decision_id: str) -> LedgerEntry | None:
+    def _find(self, cursor: Any, decision_id: str, verified: Verified) -> LedgerEntry | None:
+        """The entry already recorded for ``decision_id``, once it checks out: a retry is answered from it, and an
+        approval's token signed again, so it must be the node's own entry at its place in the verified chain."""
         row = cursor.execute(self._find_sql, (decision_id,) if self._positional else {"d": decision_id}).fetchone()
-        return _to_entry(row) if row else None
+        if row is None:
+            return None
+        found = _retry_entry(_to_entry(row), decision_id, self.node_id)
+        if isinstance(found, LedgerEntry):
+            if verified.hash_at(found.seq) == found.entry_hash or self._proven(found, verified):
+                return found
+            found = "not at its place in the verified chain"
+        refusal = LedgerTampered(int(row[0]), f"the entry recorded for {decision_id} is {found}")
+        self._refused(refusal)
+        raise refusal
+
+    def _proven(self, entry: LedgerEntry, verified: Verified) -> bool:
+        """Whether ``entry`` is in the tree of a trusted checkpoint that this handle's verified prefix reaches: its
+        place for an entry older than the recent hashes kept."""
+        roots = trusted_roots(self._stored_notes(), self.node_id, verified.keys)
+        sizes = sorted(size for size in roots if entry.seq <= size <= verified.size)
+        if not sizes:
+            return False
+        try:
+            with self._reader.connect() as conn:
+                proof = _tree.prove_inclusion(conn, entry.seq, sizes[0], {})
+        except (LedgerError, LookupError, SQLAlchemyError):
+            return False
+        return verify_inclusion(leaf_hash(entry.entry_hash), entry.seq - 1, sizes[0], proof.hashes, roots[sizes[0]])
 
     def _build(self, item: _Request, seq: int, prev: bytes) -> tuple[LedgerEntry, tuple[Any, ...]]:
         data, signer = item.data, item.signer
@@ -392,6 +487,90 @@ class Ledger:
                     conn.execute(insert(table).values(kid=key.kid, public_key=key.raw, created_at=utc_timestamp()))
         except SQLAlchemyError as exc:
             raise LedgerError(f"cannot publish key: {_short(exc)}") from None
+
+    # -- what this handle has verified (see _trust) ---------------------------------------------------------------
+
+    def trusted_state(self, head: tuple[int, bytes] | None = None) -> Verified:
+        """The verified prefix of the chain, grown to ``head`` (default: the database's head now). Raises
+        :class:`LedgerTampered` - logged and counted in ``refusals`` - if a row on the way does not verify or the
+        database no longer continues what was verified. Callers read its fields under ``_trust_lock``."""
+        with self._trust_lock:
+            current = head
+            try:
+                failed = self._failed
+                if failed is not None and failed[0] == (head or self.head()) and time.monotonic() < failed[2]:
+                    raise failed[1]  # nothing changed since that walk failed: do not walk it again yet
+                state = self._verified
+                if state is not None and (state.size, state.head) != head:
+                    try:
+                        extend(state, self._pages(after=state.size), node_id=self.node_id)
+                    except LedgerTampered:  # e.g. a purge it cannot judge from where it stands: walk it all
+                        state = None
+                if state is None:
+                    roots = trusted_roots(self._stored_notes(), self.node_id, self._trusted_keys)
+                    anchors = _read_anchor(self._anchor_file)
+                    state = establish(
+                        self._pages(), node_id=self.node_id, keys=self._trusted_keys, roots=roots, anchors=anchors
+                    )
+                    if self._verified is not None:  # what was verified must still be there, unchanged
+                        self._verified.check_continued_by(state)
+                    self._verified = state
+                # The writer's head was read under the write lock: the walk must end exactly there. Anyone else's
+                # is read after the walk: appends since are fine, fewer entries than verified are not.
+                current = head or self.head()
+                check_head(state, current)
+            except LedgerTampered as exc:
+                self._failed = (current or self.head(), exc, time.monotonic() + 1.0)
+                self._refused(exc)
+                raise
+            except SQLAlchemyError as exc:
+                raise LedgerError(f"cannot read ledger: {_short(exc)}") from None
+            self._synced_at = time.monotonic()
+            return state
+
+    def _absorb_own(self, verified: Verified, entries: list[LedgerEntry]) -> None:
+        with self._trust_lock:
+            if not verified.absorb_own(entries) and self._verified is verified:
+                self._verified = None  # cannot happen while appends queue on the write lock; if it does, walk again
+            elif any(e.entry_type in GOVERNANCE_TYPES for e in entries):
+                self._write_anchor(verified.size, verified.head)
+
+    def _write_anchor(self, seq: int, digest: bytes) -> None:
+        """Record ``(seq, hash)`` outside the database. Never fails the entry it follows: that is written already."""
+        if self._anchor_file is None or seq == 0:
+            return
+        tmp = self._anchor_file.with_suffix(".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(f"{seq}:{digest.hex()}\n")
+            os.replace(tmp, self._anchor_file)
+        except OSError as exc:
+            logger.warning("cannot record the ledger anchor in %s: %s", self._anchor_file, exc.strerror)
+
+    def _refused(self, exc: LedgerTampered) -> None:
+        self.refusals += 1
+        if str(exc) != self._last_refusal:  # once per finding, not once per request it refuses
+            self._last_refusal = str(exc)
+            logger.error("%s", exc)
+
+    def synced_within(self, seconds: float) -> bool:
+        """Whether this handle caught up with the database within ``seconds``."""
+        return self._verified is not None and time.monotonic() - self._synced_at <= seconds
+
+    def api_key(self, key_id: str) -> KeyRecord | None:
+        """The API key ``key_id`` as verified entries record it, as of the last catch-up (no I/O)."""
+        with self._trust_lock:
+            return self._verified.governance.api_keys.get(key_id) if self._verified is not None else None
+
+    def governance(self, *, max_age: float = 0.0) -> Governance:
+        """A snapshot of the governance state folded from verified entries - the policy in force, retention, holds,
+        API keys - caught up with the database first unless that was done within ``max_age`` seconds."""
+        if self._verified is None or time.monotonic() - self._synced_at > max_age:
+            self.trusted_state()
+        with self._trust_lock:
+            assert self._verified is not None
+            return self._verified.governance.copy()
 
     # -- reading --------------------------------------------------------------------------------------------------
 
@@ -456,7 +635,7 @@ class Ledger:
         with self._reader.connect() as conn:
             return [_to_entry(r) for r in conn.execute(query)]
 
-    def _pages(self, size: int = 1024) -> Iterator[list[Any]]:
+    def _pages(self, size: int = 1024, *, after: int = 0) -> Iterator[list[Any]]:
         """Every row, ``_ROW_COLUMNS`` as the driver returns them, a page at a time in ``seq`` order."""
         # Keyset pagination keeps memory flat and never holds a read transaction open for the whole verify. Like
         # the append path, verification drives the driver directly with SQL compiled from the Table: at hundreds
@@ -466,7 +645,7 @@ class Ledger:
             dialect=self._reader.dialect
         )
         sql, names = str(compiled), list(compiled.positiontup or ())
-        last = 0
+        last = after
         while True:
             values = compiled.construct_params({"after": last})
             params = tuple(values[n] for n in names) if names else values
@@ -505,11 +684,12 @@ class Ledger:
         report says so: that proves internal consistency, not authenticity.
         """
         source = key_source or "trusted keys"
+        pinned = keys is not None
         if keys is None:
             keys, source = self.published_keys(), "keys embedded in the ledger (not independently pinned)"
         try:
             notes = [*self._stored_notes(), *checkpoints]  # raw: a damaged note is a finding, not a crash
-            return verify_pages(
+            report = verify_pages(
                 self._pages(),
                 node_id=self.node_id,
                 keys=keys,
@@ -522,6 +702,8 @@ class Ledger:
             )
         except SQLAlchemyError as exc:
             raise LedgerError(f"cannot read ledger: {_short(exc)}") from None
+        report.keys_pinned = pinned
+        return report
 
     def export(self, path: Path, *, signer: Signer | None = None) -> dict[str, Any]:
         """Write a signed, self-contained bundle of the whole ledger (a fresh checkpoint covers its tail)."""
@@ -529,7 +711,9 @@ class Ledger:
         if signer is None:
             raise LedgerError("exporting signs the bundle: this ledger handle has no signing key")
         self.checkpoint(signer=signer)
-        keys = {**self.published_keys(), signer.kid: signer.public}
+        with self._trust_lock:  # the node's keys and those its verified hand-overs introduced, never the table's
+            assert self._verified is not None
+            keys = {**self._verified.keys, signer.kid: signer.public}
         jwks = jwks_of(keys.values())
         try:
             return write_bundle(
@@ -554,9 +738,11 @@ class Ledger:
         return str(hold["hold_id"])
 
     def release_hold(self, hold_id: str, *, reason: str) -> LedgerEntry:
-        with self._reader.connect() as conn:
-            _retention.check_active(conn, hold_id, self.retention_days)
-        return self.append("legal_hold_released", {"hold_id": hold_id, "reason": reason})
+        return self.append(
+            "legal_hold_released",
+            {"hold_id": hold_id, "reason": reason},
+            guard=lambda governance: _retention.require_active(hold_id, governance),
+        )
 
     def purge(self, up_to: int, *, reason: str, now: datetime | None = None) -> LedgerEntry | None:
         """Remove the bodies of decision entries 2..``up_to`` that are past retention and under no hold, and record
@@ -566,20 +752,53 @@ class Ledger:
             raise LedgerError("a purge is signed: this ledger handle has no signing key")
         try:
             with self._writer.begin() as conn:  # the write lock: no append interleaves
+                verified = self.trusted_state(self._locked_head(conn))
+                candidates = self._purge_candidates(up_to, verified)
+                with self._trust_lock:
+                    governance = verified.governance.copy()
                 now = now or datetime.now(UTC)
-                data = _retention.purge(conn, up_to, reason=reason, now=now, default_days=self.retention_days)
-                if data is None:
+                planned = _retention.plan_purge(
+                    candidates, governance, reason=reason, now=now, default_days=self.retention_days
+                )
+                if planned is None:
                     return None
-                head = conn.execute(_HEAD).first()
-                assert head is not None
+                seqs, data = planned
+                _retention.erase(conn, seqs)
                 request = _Request(TOMBSTONE_TYPE, data, signer, False)
-                entry, row = self._build(request, int(head[0]) + 1, bytes(head[1]))
+                entry, row = self._build(request, verified.size + 1, verified.head)
                 conn.execute(insert(_t).values(dict(zip(_COLUMN_NAMES, row, strict=True))))
-                return entry
+            self._absorb_own(verified, [entry])
+            return entry
         except SQLAlchemyError as exc:
             raise LedgerError(f"purge failed, nothing changed: {_short(exc)}") from None
-        except (ValueError, KeyError, TypeError) as exc:  # a damaged retention or hold entry: refuse, change nothing
-            raise LedgerError(f"purge refused, the ledger's retention records are unreadable: {exc}") from None
+
+    def _locked_head(self, conn: Any) -> tuple[int, bytes]:
+        head = conn.execute(_HEAD).first()
+        return (int(head[0]), bytes(head[1])) if head else (0, genesis_hash(self.node_id))
+
+    def _purge_candidates(self, up_to: int, verified: Verified) -> list[tuple[int, str | None]]:
+        """``(seq, ts)`` of the decision entries 2..``up_to`` not yet purged, read from bodies a walk from the genesis
+        entry authenticated (the copied columns say nothing), and only if that walk ends at the verified head."""
+        found: list[tuple[int, str | None]] = []
+
+        def observe(rows: Any) -> None:
+            for row in rows:
+                seq, body, gone = row[0], _blob(row[2]), row[12]
+                if 2 <= seq <= up_to and not gone and body_type(body) in _retention.PURGEABLE_TYPES:
+                    found.append((seq, body_ts(body)))
+
+        roots = trusted_roots(self._stored_notes(), self.node_id, self._trusted_keys)
+        walked = continue_walk(
+            self._pages(), node_id=self.node_id, keys=self._trusted_keys, roots=roots, observe=observe
+        )
+        with self._trust_lock:
+            reached = (verified.size, verified.head)
+        problem = walked.failure or (None if (walked.size, walked.head) == reached else (walked.size, "changed"))
+        if problem is not None:
+            refusal = LedgerTampered(*problem)
+            self._refused(refusal)
+            raise refusal
+        return found
 
     # -- Merkle tree, checkpoints, proofs (see _tree) ------------------------------------------------------------------
 
@@ -590,7 +809,14 @@ class Ledger:
             raise LedgerError("this ledger handle is read-only (no signing key)")
         try:
             with self._writer.begin() as conn:  # the write lock: the tree and the checkpoint describe one prefix
-                return _tree.checkpoint(conn, signer, origin_for(self.node_id))
+                verified = self.trusted_state(self._locked_head(conn))
+                with self._trust_lock:
+                    expected = (verified.size, verified.tree.root())
+                # Signed over the tree of the verified prefix only: stored rows and tree nodes must agree with it.
+                return _tree.checkpoint(conn, signer, origin_for(self.node_id), expected, verified.keys)
+        except LedgerTampered as exc:
+            self._refused(exc)
+            raise
         except SQLAlchemyError as exc:
             raise LedgerError(f"cannot make a checkpoint: {_short(exc)}") from None
 
@@ -634,3 +860,31 @@ def _short(exc: BaseException) -> str:
     """First line of a database error, without the SQL and parameters SQLAlchemy appends."""
     text = str(getattr(exc, "orig", None) or exc)
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _retry_entry(row: LedgerEntry, decision_id: str, node_id: str) -> LedgerEntry | str:
+    """The decision entry in ``row``, built from its hashed body alone (type and time included), or what is wrong
+    with it. Its place in the chain is the caller's to check."""
+    if entry_hash(row.prev_hash, row.body) != row.entry_hash:
+        return "altered (its hash does not match its body)"
+    try:
+        body = json.loads(row.body)
+        data, ts = body["data"], str(body["ts"])
+    except (ValueError, KeyError, TypeError):
+        return "unreadable"
+    facts = (body.get("seq"), body.get("type"), body.get("node"), data.get("decision_id"))
+    if facts != (row.seq, "decision", node_id, decision_id):
+        return "not the decision it claims to be"
+    return LedgerEntry(row.seq, "decision", ts, row.body, row.prev_hash, row.entry_hash, row.kid, row.signature)
+
+
+def _read_anchor(path: Path | None) -> list[tuple[int, bytes]]:
+    """The anchor recorded beside the node's keys, if any; one that cannot be read anchors nothing (and says so)."""
+    if path is None or not path.is_file():
+        return []
+    try:
+        seq, _, digest = path.read_text().strip().partition(":")
+        return [(int(seq), bytes.fromhex(digest))]
+    except (OSError, ValueError):
+        logger.warning("ignoring the unreadable ledger anchor %s", path)
+        return []

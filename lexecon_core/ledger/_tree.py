@@ -13,10 +13,10 @@ from typing import Any
 from sqlalchemy import and_, insert, inspect, select, tuple_, update
 from sqlalchemy.engine import Connection
 
-from lexecon_core.errors import LedgerError
-from lexecon_core.keys import Signer
+from lexecon_core.errors import LedgerError, LedgerTampered
+from lexecon_core.keys import PublicKey, Signer
 from lexecon_core.ledger import _schema
-from lexecon_core.ledger._checkpoint import Checkpoint, parse_checkpoint, sign_checkpoint
+from lexecon_core.ledger._checkpoint import Checkpoint, parse_checkpoint, sign_checkpoint, verify_checkpoint
 from lexecon_core.ledger._entry import utc_timestamp
 from lexecon_core.ledger._merkle import (
     CompactRange,
@@ -144,18 +144,29 @@ def _node_writer(conn: Connection) -> Callable[[list[tuple[int, int, bytes]]], N
     return store
 
 
-def checkpoint(conn: Connection, signer: Signer, origin: str) -> Checkpoint:
-    """Grow the tree to the ledger's head and sign a checkpoint of it (or return the stored one at that size)."""
+def checkpoint(
+    conn: Connection, signer: Signer, origin: str, verified: tuple[int, bytes], keys: Mapping[str, PublicKey]
+) -> Checkpoint:
+    """Grow the tree to the ledger's head and sign a checkpoint of it (or return the stored one at that size).
+
+    ``verified`` is ``(size, root)`` of the prefix the caller verified (hashes, signatures, links): a checkpoint
+    vouches for every entry under it, so it is signed only if the stored rows and tree give exactly that tree -
+    never over a row nobody checked. A stored note at that size is returned only if it verifies with ``keys``."""
     edge = grow(conn)
     if edge.size == 0:
         raise LedgerError("the ledger is empty: nothing to checkpoint")
+    if (edge.size, edge.root()) != verified:
+        raise LedgerTampered(edge.size, "the stored entries or Merkle tree disagree with the verified chain")
     table = _schema.checkpoints
     stored = conn.execute(select(table.c.note).where(table.c.tree_size == edge.size)).scalar()
     if stored is not None:
         try:
-            return parse_checkpoint(stored)[0]
+            found = verify_checkpoint(stored, keys, origin=origin)
         except ValueError as exc:
-            raise LedgerError(f"the stored checkpoint at size {edge.size} is damaged: {exc}") from None
+            raise LedgerTampered(edge.size, f"the stored checkpoint at this size does not verify ({exc})") from None
+        if found.root != verified[1]:
+            raise LedgerTampered(edge.size, "the stored checkpoint at this size has another root")
+        return found
     made = sign_checkpoint(signer, origin=origin, size=edge.size, root=edge.root(), timestamp=utc_timestamp())
     conn.execute(
         insert(table).values(

@@ -17,11 +17,12 @@ disagrees with it was rewritten. The first failure stops verification and is rep
 
 from __future__ import annotations
 
+import base64
 import json
 import json.scanner
 import os
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from hashlib import sha256
@@ -32,15 +33,23 @@ from typing import Any, NamedTuple
 from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
 
+from lexecon_core.errors import LexeconError
 from lexecon_core.keys import PublicKey
 from lexecon_core.ledger._checkpoint import origin_for, verify_checkpoint
 from lexecon_core.ledger._entry import (
     ENTRY_TAG,
     GENESIS_TYPE,
     SIGNATURE_TAG,
-    TOMBSTONE_TYPE,
     entry_hash,
     genesis_hash,
+)
+from lexecon_core.ledger._governance import (
+    DECISION_SUFFIX,
+    GOVERNANCE_TYPES,
+    KEY_ROTATED,
+    body_type,
+    entry_data,
+    purge_problem,
 )
 from lexecon_core.ledger._merkle import CompactRange
 
@@ -78,6 +87,9 @@ class VerificationReport:
     anchors_checked: int = 0
     checkpoints_checked: int = 0
     checkpoints_consistent: bool = True
+    # False when the keys came from the ledger or bundle itself: then "valid" proves internal consistency only, not
+    # that the node signed it (whoever can write the file can also write its keys).
+    keys_pinned: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -91,6 +103,7 @@ class VerificationReport:
             "anchors_checked": self.anchors_checked,
             "checkpoints_checked": self.checkpoints_checked,
             "checkpoints_consistent": self.checkpoints_consistent,
+            "keys_pinned": self.keys_pinned,
         }
         if not self.valid:
             data["first_bad_seq"] = self.first_bad_seq
@@ -238,7 +251,7 @@ class _Checked(NamedTuple):
     hashes: Sequence[bytes]  # of the rows that passed, in order (a prefix of the run)
     signatures: _Pending | None  # theirs, still to verify; None under a trusted checkpoint
     purged: list[int]  # positions in the run of purged rows
-    tombstones: list[tuple[int, tuple[int, int, str]]]  # (position, range) of tombstones
+    governance: list[tuple[int, str, bytes]]  # (position, type, body) of governance entries (see _governance)
     failure: _Failure | None  # of the row after the last that passed
 
 
@@ -259,18 +272,26 @@ class _Walk:
         *,
         trust_checkpoints: bool,
         pool: ThreadPoolExecutor | None,
+        start: tuple[int, bytes, CompactRange] | None = None,
+        learn_keys: bool = False,
     ) -> None:
-        self.node_id, self.keys = node_id, keys
+        self.node_id = node_id
+        # With learn_keys, a verified key_rotated entry adds its new key for the entries after it: the signed
+        # hand-over is how a node's next key becomes trusted (only this walk's copy of the keys changes).
+        self.keys = dict(keys) if learn_keys else keys
+        self.learn_keys = learn_keys
         self.wanted = dict(anchors)
         self.anchored = sorted(self.wanted)
         self.roots, self.sizes = roots, sorted(roots)
         self.covered = max(roots, default=0) if trust_checkpoints else 0
-        self.prev = genesis_hash(node_id)
-        self.count = 0
+        # A walk may continue one that ended earlier (entries 1..count verified, ``prev`` the last hash, ``tree`` the
+        # Merkle tree over them); then the tree grows over every entry, not just up to the last checkpoint.
+        self.count, self.prev, self.tree = start if start is not None else (0, genesis_hash(node_id), CompactRange())
+        self.whole_tree = start is not None
         self.anchors_checked = 0
-        self.tree = CompactRange()
         self.purged: list[int] = []  # entries whose body was purged: exactly the set some signed tombstone names
-        self.tombstones: list[tuple[int, int, str]] = []
+        self.governance: list[tuple[int, str, bytes]] = []  # (seq, type, body), verified; see _governance
+        self.hashes: list[bytes] = []  # of every entry that passed, when continuing a walk (start given)
         self.failures: list[_Failure] = []
         self.batch: _Pending = []
         self.pool = pool  # None: signatures are checked on this thread
@@ -311,16 +332,43 @@ class _Walk:
         wanted = self.wanted
         if any(wanted[seq] != hashes[seq - first] for seq in self._anchored_in(first, first + len(rows) - 1)):
             return self._trusted_rows(rows)
-        tombstones = []
-        if TOMBSTONE_TYPE in types:
-            tombstones = [(i, _tombstone_range(bodies[i])) for i, kind in enumerate(types) if kind == TOMBSTONE_TYPE]
-        return _Checked(hashes, None, [], tombstones, None)
+        governance = []
+        for i in [i for i, body in enumerate(bodies) if not body.endswith(DECISION_SUFFIX)]:
+            if (kind := body_type(bodies[i])) in GOVERNANCE_TYPES:
+                row = rows[i]
+                if self._governance_signature(first + i, row[5], row[6], hashes[i], bodies[i]) is not None:
+                    return self._trusted_rows(rows)
+                governance.append((i, kind, bodies[i]))
+        return _Checked(hashes, None, [], governance, None)
+
+    def _governance_signature(self, seq: int, kid: Any, signature: Any, digest: bytes, body: bytes) -> _Failure | None:
+        """Under a checkpoint, a governance entry's own signature is checked as well: what the node acts on never
+        rests on a checkpoint alone (one signed before a node checked what it covered could vouch for a planted row).
+        A key it hands over is learnt here."""
+        key = self.keys.get(kid) if isinstance(kid, str) else None
+        if key is None:
+            return _Failure(seq, f"signed by unknown key {kid!r}", SIGNATURE)
+        failure = _check_signatures([(seq, key, _blob(signature), digest)])
+        if failure is None:
+            self._learn(body)
+        return failure
+
+    def _learn(self, body: bytes) -> None:
+        if not self.learn_keys or body_type(body) != KEY_ROTATED:
+            return
+        try:
+            data = json.loads(body)["data"]
+            key = PublicKey.from_raw(base64.urlsafe_b64decode(data["new_public_key"] + "=="))
+        except (ValueError, KeyError, TypeError, LexeconError):
+            return  # a hand-over that names no usable key introduces none
+        if key.kid == data.get("new_kid"):
+            self.keys[key.kid] = key  # type: ignore[index]  # a dict whenever learn_keys is set
 
     def _trusted_rows(self, rows: Sequence[Row]) -> _Checked:
         prev, expected, wanted = self.prev, self.count + 1, self.wanted
         hashes: list[bytes] = []
         purged: list[int] = []
-        tombstones: list[tuple[int, tuple[int, int, str]]] = []
+        governance: list[tuple[int, str, bytes]] = []
         failure = None
         for values in rows:
             row = stored_row(values)
@@ -329,15 +377,17 @@ class _Walk:
                 failure = _Failure(1, _NOT_GENESIS, CHAIN)
             if failure is None and wanted.get(row.seq, row.entry_hash) != row.entry_hash:
                 failure = _Failure(row.seq, _ANCHOR_DIFFERS, CHAIN)
+            if failure is None and not row.purged and (kind := body_type(row.body)) in GOVERNANCE_TYPES:
+                failure = self._governance_signature(row.seq, row.kid, row.signature, row.entry_hash, row.body)
+                if failure is None:
+                    governance.append((len(hashes), str(kind), row.body))
             if failure is not None:
                 break
             if row.purged:
                 purged.append(len(hashes))
-            elif row.entry_type == TOMBSTONE_TYPE:
-                tombstones.append((len(hashes), _tombstone_range(row.body)))
             hashes.append(row.entry_hash)
             prev, expected = row.entry_hash, expected + 1
-        return _Checked(hashes, None, purged, tombstones, failure)
+        return _Checked(hashes, None, purged, governance, failure)
 
     def _full(self, rows: Sequence[Row]) -> _Checked:
         """Checks 1-5, one row after another (each links to the last); the signatures are left for a batch."""
@@ -346,7 +396,7 @@ class _Walk:
         hashes: list[bytes] = []
         signatures: _Pending = []
         purged: list[int] = []
-        tombstones: list[tuple[int, tuple[int, int, str]]] = []
+        governance: list[tuple[int, str, bytes]] = []
         failure = None
         for row in rows:
             (seq, entry_type, body, prev_hash, digest, kid, signature,
@@ -371,8 +421,8 @@ class _Walk:
                 failure = _check_body(seq, entry_type, body, node_id, (created_at, decision, actor, tool, outcome))
                 if failure is not None:
                     break
-                if entry_type == TOMBSTONE_TYPE:
-                    tombstones.append((len(hashes), _tombstone_range(body)))
+                if entry_type in GOVERNANCE_TYPES:
+                    governance.append((len(hashes), entry_type, body))
             key = keys.get(kid)
             if key is None:
                 failure = _Failure(seq, f"signed by unknown key {kid!r}", SIGNATURE)
@@ -383,15 +433,18 @@ class _Walk:
             hashes.append(digest)
             signatures.append((seq, key, signature, digest))
             prev, expected = digest, expected + 1
-        return _Checked(hashes, signatures, purged, tombstones, failure)
+            if entry_type == KEY_ROTATED:
+                self._learn(body)  # its own signature is checked with the batch; a bad one fails the walk there
+        return _Checked(hashes, signatures, purged, governance, failure)
 
     def _commit(self, checked: _Checked) -> bool:
         """Grow the Merkle tree over the rows that passed, compare it at each signed checkpoint size, and take the
         outcome up to the first failure; False if there was one."""
-        hashes, signatures, purged, tombstones, failure = checked
+        hashes, signatures, purged, governance, failure = checked
         count, sizes = self.count, self.sizes
-        passed = booked = len(hashes)  # rows verified; rows whose anchors, purges and tombstones count
-        needed = max(min(passed, sizes[-1] - count if sizes else 0), 0)  # no root is wanted past the last checkpoint
+        passed = booked = len(hashes)  # rows verified; rows whose anchors and purges count
+        # No root is wanted past the last checkpoint, unless this walk continues (its tree must reach the head).
+        needed = passed if self.whole_tree else max(min(passed, sizes[-1] - count if sizes else 0), 0)
         leaves = [sha256(b"\x00" + digest).digest() for digest in hashes[:needed]]  # leaf_hash, inline
         tree, done = self.tree, 0
         for size in sizes[bisect_right(sizes, count) : bisect_right(sizes, count + passed)]:
@@ -405,7 +458,9 @@ class _Walk:
             tree.extend(leaves[done:])
         self.anchors_checked += len(self._anchored_in(count + 1, count + booked))
         self.purged.extend(count + 1 + i for i in purged if i < booked)
-        self.tombstones.extend(found for i, found in tombstones if i < booked)
+        self.governance.extend((count + 1 + i, kind, body) for i, kind, body in governance if i < passed)
+        if self.whole_tree:
+            self.hashes.extend(hashes[:passed])
         if signatures is not None:
             self.batch.extend(signatures[:passed])
             if len(self.batch) >= _BATCH:
@@ -511,9 +566,9 @@ def verify_pages(
         else:
             walk.finish()
         walk.flush()
-        failure = _check_purges(walk.purged, walk.tombstones)
-        if failure is not None:
-            failures.append(failure)
+        problem = purge_problem(walk.purged, _parsed(walk.governance))
+        if problem is not None:
+            failures.append(_Failure(*problem, CHAIN))
         failures.extend(walk.failures)
         failures.extend(f for f in (fut.result() for fut in walk.futures) if f is not None)
     finally:
@@ -539,25 +594,99 @@ def verify_pages(
     )
 
 
-def _tombstone_range(body: bytes) -> tuple[int, int, str]:
-    try:
-        data = json.loads(body).get("data") or {}
-        return int(data["from_seq"]), int(data["to_seq"]), str(data["seqs_sha256"])
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return (0, -1, "")  # an unreadable tombstone covers nothing
+def _parsed(governance: list[tuple[int, str, bytes]]) -> Iterator[tuple[int, str, str, dict[str, Any]]]:
+    for seq, kind, body in governance:
+        try:
+            ts, data = entry_data(body)
+        except (ValueError, AttributeError):
+            ts, data = "", {}  # hashed and signed, yet not an entry body: it governs nothing
+        yield seq, kind, ts, data
 
 
-def _check_purges(purged: list[int], tombstones: list[tuple[int, int, str]]) -> _Failure | None:
-    """Every purged entry lies in a signed tombstone's range, and each tombstone names exactly the purged entries in
-    its range (by digest): blanking any other entry - a legal hold, say - and marking it purged is caught."""
-    for lo, hi, digest in tombstones:
-        inside = [s for s in purged if lo <= s <= hi]
-        if sha256(",".join(map(str, inside)).encode()).hexdigest() != digest:
-            return _Failure(min(inside, default=lo), "purged entries differ from those the tombstone signed", CHAIN)
-    unaccounted = [s for s in purged if not any(lo <= s <= hi for lo, hi, _ in tombstones)]
-    if unaccounted:
-        return _Failure(unaccounted[0], "entry body removed without a signed tombstone (purge not recorded)", CHAIN)
-    return None
+@dataclass(slots=True)
+class Continued:
+    """What :func:`continue_walk` verified: the entries after ``start``, up to ``size``."""
+
+    size: int
+    head: bytes
+    tree: CompactRange  # over entries 1..size
+    keys: Mapping[str, PublicKey]  # the trusted keys, with those handed over by verified key_rotated entries
+    hashes: list[bytes]  # of the entries verified by this walk, in order
+    governance: list[tuple[int, str, str, dict[str, Any]]]  # (seq, type, ts, data) of its governance entries
+    failure: tuple[int, str] | None  # (seq, reason) of the first entry that did not verify; then nothing is usable
+
+
+def continue_walk(
+    pages: Iterable[Sequence[Row]],
+    *,
+    node_id: str,
+    keys: Mapping[str, PublicKey],
+    start: tuple[int, bytes, CompactRange] | None = None,
+    roots: Mapping[int, bytes] | None = None,
+    observe: Callable[[Sequence[Row]], None] | None = None,
+    anchors: Sequence[tuple[int, bytes]] = (),
+) -> Continued:
+    """Verify the entries after ``start`` (``(size, head hash, tree)`` of a prefix already verified; None: from the
+    genesis), as a node does before it acts on them. Entries under one of the signed checkpoint ``roots`` are
+    checked by hash (the checkpoint vouches for them) except governance entries, whose signatures are always
+    checked; the rest in full. Keys handed over by verified ``key_rotated`` entries are trusted after them.
+    Purged entries must be exactly those signed tombstones name (so a blanked hold cannot vanish from the state);
+    a walk that continues from ``start`` cannot see whole tombstone ranges, so a purged entry fails it (the caller
+    then walks from the genesis entry).
+    ``observe`` is shown each page whose rows all passed their checks so far (signatures may still fail at the end:
+    use what it saw only if the walk succeeds). Single-threaded: the walks a node makes while it runs are short."""
+    begin = start if start is not None else (0, genesis_hash(node_id), CompactRange())
+    trusted = dict(roots or {})
+    walk = _Walk(
+        node_id,
+        keys,
+        anchors,
+        trusted,
+        trust_checkpoints=bool(trusted),
+        pool=None,
+        start=(begin[0], begin[1], begin[2].copy()),
+        learn_keys=True,
+    )
+    for page in pages:
+        if page and not walk.page(page):
+            break
+        if observe is not None:
+            observe(page)
+    else:
+        beyond = [size for size in trusted if size > walk.count]
+        missing = [seq for seq in walk.anchored if seq > walk.count]
+        if beyond:  # a signed checkpoint says the ledger was longer
+            reason = f"ledger truncated: a signed checkpoint covers {max(beyond)} entries, the ledger has {walk.count}"
+            walk.failures.append(_Failure(walk.count + 1, reason, CHAIN, True))
+        elif missing:  # so does an anchor the node kept outside the database
+            reason = f"ledger truncated: anchored entry {max(missing)} is missing"
+            walk.failures.append(_Failure(walk.count + 1, reason, CHAIN))
+    walk.flush()
+    governance = list(_parsed(walk.governance))
+    if start is None:
+        problem = purge_problem(walk.purged, governance)
+        if problem is not None:
+            walk.failures.append(_Failure(*problem, CHAIN))
+    elif walk.purged:
+        walk.failures.append(_Failure(walk.purged[0], "purged after this handle last verified the ledger", CHAIN))
+    first = min(walk.failures, default=None)
+    return Continued(
+        walk.count,
+        walk.prev,
+        walk.tree,
+        walk.keys,
+        walk.hashes,
+        governance,
+        None if first is None else (first.seq, first.reason),
+    )
+
+
+def trusted_roots(notes: Sequence[str], node_id: str, keys: Mapping[str, PublicKey]) -> dict[int, bytes]:
+    """The roots of the checkpoint notes that verify with ``keys``; the others are not trusted (and not fatal)."""
+    roots, failures = _trusted_roots(notes, node_id, keys)
+    for failure in failures:  # two notes of one size that disagree: trust neither
+        roots.pop(failure.seq, None)
+    return roots
 
 
 def _trusted_roots(

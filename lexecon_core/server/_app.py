@@ -15,7 +15,7 @@ from lexecon_core import __version__
 from lexecon_core.auth import ApiKeyStore
 from lexecon_core.config import Settings, load_settings
 from lexecon_core.decisions import LocalGovernor
-from lexecon_core.errors import PolicyError
+from lexecon_core.errors import LedgerError, PolicyError
 from lexecon_core.policy import policy_from_document
 from lexecon_core.server._errors import install_error_handlers
 from lexecon_core.server._metrics import ServerMetrics
@@ -40,14 +40,15 @@ def create_app(settings: Settings | None = None, *, home: str | Path | None = No
     state = ServerState(
         settings=settings,
         governor=governor,
-        api_keys=ApiKeyStore(
-            settings.ledger_url, ledger=governor.node.ledger, cache_seconds=settings.api_key_cache_seconds
-        ),
+        api_keys=ApiKeyStore(governor.node.ledger, cache_seconds=settings.api_key_cache_seconds),
         limiter=make_rate_limiter(settings.rate_limit_per_second, settings.rate_limit_burst, redis_url),
         metrics=ServerMetrics(governor.node.ledger),
         replay_cache=replay_cache,
     )
-    sync_policy(state)
+    try:
+        sync_policy(state)
+    except LedgerError as exc:  # logged by the ledger; decisions and key checks refuse until it verifies again
+        logger.error("starting without the ledger's policy: %s", exc)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -90,24 +91,26 @@ def create_app(settings: Settings | None = None, *, home: str | Path | None = No
 
 
 def sync_policy(state: ServerState) -> bool:
-    """Adopt the newest policy recorded in the ledger if it is newer than the one in force (another server, or the
-    CLI, loaded it). Returns whether the policy changed. A pinned ``LEXECON_POLICY_FILE`` is never replaced."""
-    if state.settings.policy_file is not None:
+    """Catch up with the ledger and adopt the newest policy it records, if newer than the one in force (another
+    server, or the CLI, loaded it). Returns whether the policy changed. A pinned ``LEXECON_POLICY_FILE`` is never
+    replaced.
+
+    The policy comes from the governance state folded from *verified* entries only (``Ledger.governance``): a row
+    written into the database without the node's key - a forged ``policy_loaded`` entry, a newer one hidden by
+    editing a column - cannot change what the node enforces; it makes the ledger fail verification, and the node
+    then refuses to act on it (LedgerTampered) until an operator looks."""
+    record = state.governor.node.ledger.governance().policy  # catches up (API keys too) even when pinned
+    if state.settings.policy_file is not None or record is None or record.seq <= state.policy_seq:
         return False
-    ledger = state.governor.node.ledger
-    latest = ledger.entries(entry_type="policy_loaded", newest_first=True, limit=1)
-    if not latest or latest[0].seq <= state.policy_seq:
-        return False
-    entry = latest[0]
     try:
-        engine = policy_from_document(entry.data["document"], source=f"ledger entry {entry.seq}")
-    except (PolicyError, KeyError) as exc:  # cannot happen for entries we wrote; keep deciding by the old policy
-        logger.error("policy in ledger entry %d cannot be loaded: %s", entry.seq, exc)
+        engine = policy_from_document(record.document, source=f"ledger entry {record.seq}")
+    except PolicyError as exc:  # cannot happen for entries we wrote; keep deciding by the old policy
+        logger.error("policy in ledger entry %d cannot be loaded: %s", record.seq, exc)
         engine = None
     with state.policy_lock:
-        if entry.seq <= state.policy_seq:  # a newer policy was adopted here while this one was being read
+        if record.seq <= state.policy_seq:  # a newer policy was adopted here while this one was being read
             return False
-        state.policy_seq = entry.seq
+        state.policy_seq = record.seq
         if engine is None:
             return False
         changed = engine.version != state.governor.policy.version

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -54,6 +54,11 @@ class _LedgerCollector(Collector):
         )
         yield GaugeMetricFamily(
             "lexecon_escalations_open", "escalated decisions not yet resolved", value=self.open_escalations()
+        )
+        yield CounterMetricFamily(
+            "lexecon_ledger_refusals",
+            "times this process refused to act on ledger rows that did not verify (hash, signature, chain place)",
+            value=self.ledger.refusals,
         )
 
 

@@ -1,8 +1,9 @@
 """Authentication, authorisation and rate limiting for routes: one dependency, ``require(permission)``.
 
-A request authenticates with ``Authorization: Bearer <api key>``. The key is checked (cached for a few seconds after
-a database check), the key's rate limit is charged, then its role must hold the route's permission. Failed
-authentications are rate-limited per client address too, which slows key guessing down further.
+A request authenticates with ``Authorization: Bearer <api key>``. The key is checked against the keys the verified
+ledger records, the key's rate limit is charged, then its role must hold the route's permission. Every check that is
+not answered from what the process verified recently is first charged to the client address, which slows key
+guessing down and keeps throttled addresses off the database.
 """
 
 from __future__ import annotations
@@ -51,15 +52,19 @@ async def authenticate(request: Request, credentials: HTTPAuthorizationCredentia
     if credentials is None:
         raise HTTPException(401, "authentication required: send 'Authorization: Bearer <api key>'", headers=_CHALLENGE)
     presented = credentials.credentials
-    try:
-        principal = state.api_keys.cached(presented) or await run_in_threadpool(state.api_keys.authenticate, presented)
-    except LedgerError:  # the key store's database is unreachable: nobody can be authenticated, nothing is allowed
-        raise HTTPException(
-            503, "cannot check the API key now: the database is unavailable", headers={"Retry-After": "1"}
-        ) from None
+    principal = state.api_keys.cached(presented)  # a key verified recently: no I/O, no address charge
+    if principal is None:
+        # Charged before the lookup: an address over its limit gets 429 whatever key it sends, and its requests
+        # cost no database read - guessing keys from one address stays slow either way.
+        await _charge(state, f"addr:{_address(request)}")
+        try:
+            principal = await run_in_threadpool(state.api_keys.authenticate, presented)
+        except LedgerError:  # the ledger is unreachable or does not verify: nobody is authenticated, nothing allowed
+            raise HTTPException(
+                503, "cannot check the API key now: the ledger is unavailable", headers={"Retry-After": "1"}
+            ) from None
     if principal is None:
         state.metrics.auth_failures.inc()
-        await _charge(state, f"addr:{_address(request)}")
         raise HTTPException(401, "invalid or revoked API key", headers=_CHALLENGE)
     await _charge(state, f"key:{principal.key_id}")
     return principal

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import math
@@ -873,8 +874,10 @@ def test_create_list_and_use_a_key(app: FastAPI, client: TestClient, keys: dict[
 
     assert decide(client, secret, SEARCH)["outcome"] == "approved"
     entry = ledger_of(app).entries(entry_type="api_key_created", newest_first=True, limit=1)[0]
+    digest = hashlib.sha256(b"lexecon:apikey:v1\x00" + secret.encode()).hexdigest()
+    by = f"apikey:{key_id(keys[Role.ADMIN])}"
     assert entry.data == {"key_id": record["key_id"], "name": "billing bot", "role": "agent",
-                          "actors": "ai_agent:*", "by": f"apikey:{key_id(keys[Role.ADMIN])}"}  # fmt: skip
+                          "actors": "ai_agent:*", "by": by, "key_sha256": digest}  # fmt: skip
     assert secret[21:].encode() not in entry.body
 
 
@@ -942,7 +945,8 @@ def test_health(client: TestClient) -> None:
     response = client.get("/health")
     assert response.status_code == 200
     body = response.json()
-    assert body["status"] == "ok" and body["node_id"] == "test-node" and body["checks"] == {"database": "ok"}
+    assert body["status"] == "ok" and body["node_id"] == "test-node"
+    assert body["checks"] == {"database": "ok", "ledger": "ok"}
 
 
 def _broken_engine() -> Any:
@@ -977,8 +981,9 @@ def test_health_is_503_without_a_database(
 def test_database_outage_during_authentication_is_503(
     app: FastAPI, keys: dict[Role, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = app.state.lexecon.api_keys
-    monkeypatch.setattr(store, "_reader", _broken_engine())
+    ledger = ledger_of(app)
+    monkeypatch.setattr(ledger, "_reader", _broken_engine())
+    monkeypatch.setattr(ledger, "_synced_at", 0.0)  # keys must be looked up again: the ledger is unreachable
     with TestClient(app, raise_server_exceptions=False) as client:
         response = client.post("/decide", json=SEARCH, headers=auth(keys[Role.AGENT]))
     assert response.status_code == 503, response.text

@@ -80,9 +80,13 @@ async def verify(
         # Using up a token is the agent's act; a reader must not be able to burn an agent's capabilities.
         raise HTTPException(403, f"role {principal.role.value!r} may check tokens but not consume them")
     try:
-        claims = await run_in_threadpool(_check, state, body)
+        claims = await run_in_threadpool(_check, state, body, principal)
     except TokenError as exc:
         return TokenCheckResult(valid=False, reason=exc.reason, message=str(exc))
+    except _NotTheirs as exc:
+        raise HTTPException(
+            403, f"this API key may consume only tokens of actors matching {principal.actors!r}, not {exc.actor!r}"
+        ) from None
     return TokenCheckResult(
         valid=True,
         message="valid capability",
@@ -92,13 +96,23 @@ async def verify(
     )
 
 
-def _check(state: ServerState, body: TokenCheck) -> CapabilityClaims:
+def _check(state: ServerState, body: TokenCheck, principal: Principal) -> CapabilityClaims:
     governor = state.governor
     claims = governor.verify_token(body.token, tool=body.tool, args=body.args, consume=False)
     _check_entry(state, claims, governor.node.ledger.get(claims.ledger_entry_id))
     if body.consume:  # only once everything checked out; the server's cache is shared through Redis when configured
+        if not principal.may_act_as(claims.sub):
+            # Using up a capability is its agent's act: another agent's key could otherwise burn it (a denial of
+            # service on that agent) or spend it first.
+            raise _NotTheirs(claims.sub)
         state.replay_cache.use(claims.jti, claims.exp + MAX_LEEWAY_SECONDS)
     return claims
+
+
+class _NotTheirs(Exception):
+    def __init__(self, actor: str) -> None:
+        super().__init__(actor)
+        self.actor = actor
 
 
 def _check_entry(state: ServerState, claims: CapabilityClaims, entry: LedgerEntry | None) -> None:

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from lexecon_core import __version__
 from lexecon_core.auth import Permission
+from lexecon_core.errors import LedgerTampered
 from lexecon_core.keys import jwks_of
 from lexecon_core.server._security import authorize, bearer, limit_anonymous
 from lexecon_core.server._state import state_of
@@ -39,13 +40,17 @@ JWKS_PATH = "/.well-known/jwks.json"
     summary="Liveness and readiness",
 )
 async def health(request: Request) -> JSONResponse:
-    """200 when the server can decide: its database answers. 503 (with the failing check named) otherwise."""
+    """200 when the server can decide: its database answers and the ledger verifies as far as the node acts on it.
+    503 (with the failing check named) otherwise."""
     state = state_of(request)
-    checks = {"database": "ok"}
+    checks = {"database": "ok", "ledger": "ok"}
     try:
-        await run_in_threadpool(state.governor.node.ledger.head)
+        await run_in_threadpool(state.governor.node.ledger.trusted_state)
+    except LedgerTampered as exc:  # the entry and the reason, never data from the row
+        checks["ledger"] = f"entry {exc.seq} does not verify ({exc.reason})"
     except Exception as exc:  # any failure means not ready; the name of the error is enough to act on
         checks["database"] = f"unavailable ({type(exc).__name__})"
+        checks["ledger"] = "not checked"
     ok = all(v == "ok" for v in checks.values())
     body = Health(status="ok" if ok else "unavailable", node_id=state.node_id, version=__version__, checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
