@@ -223,6 +223,22 @@ def test_replay_does_not_re_sign_a_planted_approval(
     assert "capability_token" not in response.text
 
 
+@pytest.mark.parametrize("body", [b"[]", b'{"data": [], "ts": "x"}', b'"text"'], ids=["array", "data array", "string"])
+def test_replay_refuses_a_decision_replaced_by_a_body_that_is_not_an_entry(
+    home: Path, server: tuple[FastAPI, TestClient, dict[Role, str]], body: bytes
+) -> None:
+    """The row's hash recomputed over a body of another JSON shape: refused like any other altered row, no crash."""
+    _, client, keys = server
+    headers = {**auth(keys[Role.AGENT]), "Idempotency-Key": "retry-3"}
+    seq = client.post("/decide", json=DELETE, headers=headers).json()["ledger_entry_id"]
+    client.post("/decide", json=SEARCH, headers=auth(keys[Role.AGENT]))  # the altered row is not the head
+    (prev,) = sql(home, "SELECT prev_hash FROM ledger_entries WHERE seq = :s", s=seq)[0]
+    sql(home, "UPDATE ledger_entries SET body = :b, entry_hash = :h WHERE seq = :s",
+        b=body, h=entry_hash(bytes(prev), body), s=seq)  # fmt: skip
+    again = client.post("/decide", json=DELETE, headers=headers)
+    assert (again.status_code, again.json()["error"]) == (503, "undecided")
+
+
 def test_replay_refuses_an_earlier_decision_edited_in_place(
     home: Path, server: tuple[FastAPI, TestClient, dict[Role, str]]
 ) -> None:

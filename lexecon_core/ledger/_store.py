@@ -870,7 +870,9 @@ def _retry_entry(row: LedgerEntry, decision_id: str, node_id: str) -> LedgerEntr
     try:
         body = json.loads(row.body)
         data, ts = body["data"], str(body["ts"])
-    except (ValueError, KeyError, TypeError):
+        if not isinstance(data, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):  # a JSON array or string is hashable too: it must not crash the writer
         return "unreadable"
     facts = (body.get("seq"), body.get("type"), body.get("node"), data.get("decision_id"))
     if facts != (row.seq, "decision", node_id, decision_id):
