@@ -160,16 +160,22 @@ def test_a_newer_policy_hidden_by_editing_its_column_is_still_the_one_in_force(h
 # -- 1b. API keys ------------------------------------------------------------------------------------------------------
 
 
+def made_up_key(fill: str) -> tuple[str, str, bytes]:
+    """A key an attacker invents: its id, the key, and the hash a node would keep for it."""
+    key_id = fill * 16
+    key = f"lxk_{key_id}_" + fill.upper() * 43
+    return key_id, key, hashlib.sha256(b"lexecon:apikey:v1\x00" + key.encode()).digest()
+
+
 def test_an_api_keys_row_inserted_by_sql_grants_nothing(
     home: Path, server: tuple[FastAPI, TestClient, dict[Role, str]]
 ) -> None:
     _, client, _ = server
-    key = "lxk_" + "a" * 16 + "_" + "B" * 43
-    digest = hashlib.sha256(b"lexecon:apikey:v1\x00" + key.encode()).digest()
+    key_id, key, digest = made_up_key("a")
     blob = "BLOB" if "sqlite" in url_of(home) else "BYTEA"
     sql(home, "CREATE TABLE api_keys (key_id TEXT PRIMARY KEY, name TEXT, role TEXT, actors TEXT,"
         f" key_hash {blob}, created_at TEXT, revoked_at TEXT)")  # fmt: skip
-    sql(home, "INSERT INTO api_keys VALUES ('" + "a" * 16 + "', 'evil', 'admin', '*', :h, 'now', NULL)", h=digest)
+    sql(home, "INSERT INTO api_keys VALUES (:k, 'evil', 'admin', '*', :h, 'now', NULL)", k=key_id, h=digest)
     policy = parse_policy_text(PERMISSIVE, source="x").to_document()
     loaded = client.post("/policies/load", json={"document": policy, "source": "evil"}, headers=auth(key))
     assert loaded.status_code == 401
@@ -179,9 +185,8 @@ def test_a_planted_key_creation_entry_grants_nothing(
     home: Path, server: tuple[FastAPI, TestClient, dict[Role, str]]
 ) -> None:
     _, client, _ = server
-    key = "lxk_" + "c" * 16 + "_" + "D" * 43
-    digest = hashlib.sha256(b"lexecon:apikey:v1\x00" + key.encode()).hexdigest()
-    facts = {"key_id": "c" * 16, "name": "evil", "role": "admin", "actors": "*", "key_sha256": digest, "by": "x"}
+    key_id, key, digest = made_up_key("c")
+    facts = {"key_id": key_id, "name": "evil", "role": "admin", "actors": "*", "key_sha256": digest.hex(), "by": "x"}
     plant(home, "api_key_created", facts)
     response = client.get("/apikeys", headers=auth(key))
     assert response.status_code in (401, 503)  # unknown key, or the ledger refuses: never admitted

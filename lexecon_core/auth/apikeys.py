@@ -91,6 +91,12 @@ def _digest(key: str) -> bytes:
     return hashlib.sha256(_TAG + key.encode("ascii")).digest()
 
 
+def _key_id(presented: str) -> str | None:
+    """The key id of a well-formed key; None for anything else."""
+    match = _KEY_RE.match(presented) if presented.isascii() else None
+    return match.group(1) if match is not None else None
+
+
 def _key_of(record: KeyRecord) -> ApiKey | None:
     try:
         role = Role(record.role)
@@ -182,35 +188,32 @@ class ApiKeyStore:
     def cached(self, presented: str) -> Principal | None:
         """The principal for a key, from what this process verified within ``cache_seconds`` - no I/O. None: not
         known that recently (call :meth:`authenticate`)."""
-        if not self._ledger.synced_within(self._cache_seconds):
+        key_id = _key_id(presented)
+        if key_id is None or not self._ledger.synced_within(self._cache_seconds):
             return None
-        return self._lookup(presented)
+        return self._lookup(presented, key_id)
 
     def authenticate(self, presented: str) -> Principal | None:
         """The principal a presented key belongs to, or None (malformed, unknown, wrong secret or revoked)."""
-        match = _KEY_RE.match(presented) if presented.isascii() else None
-        if match is None:
+        key_id = _key_id(presented)
+        if key_id is None:
             return None
         if not self._ledger.synced_within(self._cache_seconds):
             self._ledger.trusted_state()  # catch up: keys created or revoked by other processes
-        elif self._ledger.api_key(match.group(1)) is None:
+        elif self._ledger.api_key(key_id) is None:
             with self._lock:  # a key created a moment ago elsewhere; a flood of made-up ids costs one read per window
                 due = time.monotonic() >= self._unknown_sync
                 if due:
                     self._unknown_sync = time.monotonic() + _UNKNOWN_SYNC_SECONDS
             if due:
                 self._ledger.trusted_state()
-        return self._lookup(presented)
+        return self._lookup(presented, key_id)
 
-    def _lookup(self, presented: str) -> Principal | None:
-        match = _KEY_RE.match(presented) if presented.isascii() else None
-        if match is None:
-            return None
-        key_id = match.group(1)
+    def _lookup(self, presented: str, key_id: str) -> Principal | None:
         record = self._ledger.api_key(key_id)
         stored = _DUMMY
         if record is not None and record.key_sha256 is not None:
-            stored = bytes.fromhex(record.key_sha256)
+            stored = record.key_sha256
         elif record is not None and key_id not in self._warned:
             self._warned.add(key_id)
             logger.warning(

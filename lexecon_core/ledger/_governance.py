@@ -26,6 +26,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from lexecon_core.errors import LexeconError
+from lexecon_core.keys import PublicKey, _b64url_decode
 from lexecon_core.ledger._entry import TOMBSTONE_TYPE
 
 KEY_ROTATED = "key_rotated"
@@ -46,6 +48,16 @@ GOVERNANCE_TYPES = frozenset(
 DECISION_SUFFIX = b',"type":"decision","v":1}'
 _TYPE_MARK = b',"type":"'
 _TS_MARK = b',"ts":"'
+
+
+def handed_over_key(data: Mapping[str, Any]) -> PublicKey | None:
+    """The key a ``key_rotated`` entry's data hands over to, if it names one whose kid is its own; else None. Whether
+    the entry itself is to be believed (its signature by the old key) is the caller's to have checked."""
+    try:
+        key = PublicKey.from_raw(_b64url_decode(str(data["new_public_key"])))
+    except (KeyError, TypeError, ValueError, LexeconError):
+        return None
+    return key if key.kid == data.get("new_kid") else None
 
 
 def body_type(body: bytes) -> str | None:
@@ -109,7 +121,7 @@ class KeyRecord:
     name: str
     role: str
     actors: str
-    key_sha256: str | None  # None for keys recorded before creation entries carried the key's hash: not usable
+    key_sha256: bytes | None  # None for keys recorded before creation entries carried the key's hash: not usable
     created_at: str
     created_seq: int
     revoked_at: str | None = None
@@ -152,13 +164,12 @@ class Governance:
         elif entry_type == "legal_hold_released":
             self.holds.pop(str(data["hold_id"]), None)
         elif entry_type == "api_key_created":
-            digest = data.get("key_sha256")
             self.api_keys[str(data["key_id"])] = KeyRecord(
                 str(data["key_id"]),
                 str(data["name"]),
                 str(data["role"]),
                 str(data.get("actors", "*")),
-                digest if isinstance(digest, str) else None,
+                _sha256(data.get("key_sha256")),
                 ts,
                 seq,
             )
@@ -169,6 +180,15 @@ class Governance:
 
     def retention(self, default_days: int) -> int:
         return self.retention_days if self.retention_days is not None else default_days
+
+
+def _sha256(value: Any) -> bytes | None:
+    """A hex SHA-256 as bytes, parsed once when the entry is folded in rather than on every key check."""
+    try:
+        digest = bytes.fromhex(value) if isinstance(value, str) else b""
+    except ValueError:
+        return None
+    return digest if len(digest) == 32 else None
 
 
 def _int(value: Any) -> int:
@@ -190,7 +210,6 @@ def entry_data(body: bytes) -> tuple[str, dict[str, Any]]:
 @dataclass(frozen=True, slots=True)
 class Tombstone:
     seq: int
-    ts: str
     from_seq: int
     to_seq: int
     seqs_sha256: str
@@ -199,7 +218,7 @@ class Tombstone:
     as_of: str | None
 
     @classmethod
-    def of(cls, seq: int, ts: str, data: Mapping[str, Any]) -> Tombstone:
+    def of(cls, seq: int, data: Mapping[str, Any]) -> Tombstone:
         try:
             lo, hi, digest = _int(data["from_seq"]), _int(data["to_seq"]), str(data["seqs_sha256"])
         except (KeyError, TypeError):
@@ -207,7 +226,6 @@ class Tombstone:
         newest, days, as_of = data.get("newest_ts"), data.get("retention_days"), data.get("as_of")
         return cls(
             seq,
-            ts,
             lo,
             hi,
             digest,
@@ -232,7 +250,7 @@ def purge_problem(
     accounted: set[int] = set()
     for seq, entry_type, ts, data in governance:
         if entry_type == TOMBSTONE_TYPE:
-            tombstone = Tombstone.of(seq, ts, data)
+            tombstone = Tombstone.of(seq, data)
             inside = [s for s in purged if tombstone.from_seq <= s <= tombstone.to_seq]
             accounted.update(inside)
             problem = _tombstone_problem(tombstone, inside, state)

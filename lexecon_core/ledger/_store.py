@@ -51,7 +51,6 @@ from lexecon_core.ledger._verify import (
     StoredRow,
     VerificationReport,
     _blob,
-    continue_walk,
     stored_row,
     trusted_roots,
     verify_pages,
@@ -507,11 +506,7 @@ class Ledger:
                     except LedgerTampered:  # e.g. a purge it cannot judge from where it stands: walk it all
                         state = None
                 if state is None:
-                    roots = trusted_roots(self._stored_notes(), self.node_id, self._trusted_keys)
-                    anchors = _read_anchor(self._anchor_file)
-                    state = establish(
-                        self._pages(), node_id=self.node_id, keys=self._trusted_keys, roots=roots, anchors=anchors
-                    )
+                    state = self._walk_from_genesis()
                     if self._verified is not None:  # what was verified must still be there, unchanged
                         self._verified.check_continued_by(state)
                     self._verified = state
@@ -527,6 +522,15 @@ class Ledger:
                 raise LedgerError(f"cannot read ledger: {_short(exc)}") from None
             self._synced_at = time.monotonic()
             return state
+
+    def _walk_from_genesis(self, observe: Callable[[Any], None] | None = None) -> Verified:
+        """Everything verified from the genesis entry, trusting the signed checkpoints stored and the home's anchor
+        (see _trust.establish); ``observe`` sees each page of rows that passed. Raises LedgerTampered."""
+        roots = trusted_roots(self._stored_notes(), self.node_id, self._trusted_keys)
+        anchors = _read_anchor(self._anchor_file)
+        return establish(
+            self._pages(), node_id=self.node_id, keys=self._trusted_keys, roots=roots, anchors=anchors, observe=observe
+        )
 
     def _absorb_own(self, verified: Verified, entries: list[LedgerEntry]) -> None:
         with self._trust_lock:
@@ -566,7 +570,7 @@ class Ledger:
     def governance(self, *, max_age: float = 0.0) -> Governance:
         """A snapshot of the governance state folded from verified entries - the policy in force, retention, holds,
         API keys - caught up with the database first unless that was done within ``max_age`` seconds."""
-        if self._verified is None or time.monotonic() - self._synced_at > max_age:
+        if not self.synced_within(max_age):
             self.trusted_state()
         with self._trust_lock:
             assert self._verified is not None
@@ -787,17 +791,15 @@ class Ledger:
                 if 2 <= seq <= up_to and not gone and body_type(body) in _retention.PURGEABLE_TYPES:
                     found.append((seq, body_ts(body)))
 
-        roots = trusted_roots(self._stored_notes(), self.node_id, self._trusted_keys)
-        walked = continue_walk(
-            self._pages(), node_id=self.node_id, keys=self._trusted_keys, roots=roots, observe=observe
-        )
         with self._trust_lock:
             reached = (verified.size, verified.head)
-        problem = walked.failure or (None if (walked.size, walked.head) == reached else (walked.size, "changed"))
-        if problem is not None:
-            refusal = LedgerTampered(*problem)
-            self._refused(refusal)
-            raise refusal
+        try:
+            walked = self._walk_from_genesis(observe)
+            if (walked.size, walked.head) != reached:
+                raise LedgerTampered(walked.size, "the ledger changed while the purge walked it")
+        except LedgerTampered as exc:
+            self._refused(exc)
+            raise
         return found
 
     # -- Merkle tree, checkpoints, proofs (see _tree) ------------------------------------------------------------------

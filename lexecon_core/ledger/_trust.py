@@ -16,19 +16,15 @@ the handle's own appends, whose entries it built itself on a head it had verifie
 
 from __future__ import annotations
 
-import base64
-import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from lexecon_core.errors import LedgerTampered
 from lexecon_core.keys import PublicKey
 from lexecon_core.ledger._entry import LedgerEntry
-from lexecon_core.ledger._governance import GOVERNANCE_TYPES, KEY_ROTATED, Governance
+from lexecon_core.ledger._governance import GOVERNANCE_TYPES, KEY_ROTATED, Governance, handed_over_key
 from lexecon_core.ledger._merkle import CompactRange, leaf_hash
 from lexecon_core.ledger._verify import Continued, Row, continue_walk
-
-logger = logging.getLogger("lexecon.ledger")
 
 RECENT = 100_000  # entries whose hashes are kept to place rows found by a query (~4 MB)
 
@@ -72,26 +68,24 @@ class Verified:
     def absorb_own(self, entries: Iterable[LedgerEntry]) -> bool:
         """Take entries this handle wrote itself (committed), in order. False if they do not continue this state -
         then the caller must drop it; never an exception, since the entries are already written."""
+        added: list[bytes] = []
         for entry in entries:
             if entry.seq <= self.size and self.hash_at(entry.seq) == entry.entry_hash:
                 continue  # a catch-up walk on another thread verified it first
             if entry.seq != self.size + 1 or entry.prev_hash != self.head:
+                self._remember(added)
                 return False
             self.tree.extend([leaf_hash(entry.entry_hash)])
             self.size, self.head = entry.seq, entry.entry_hash
-            self.recent.append(entry.entry_hash)
+            added.append(entry.entry_hash)
             if entry.entry_type in GOVERNANCE_TYPES:
                 data = entry.data
                 self.governance.apply(entry.seq, entry.entry_type, entry.created_at, data)
-                if entry.entry_type == KEY_ROTATED:
-                    new = PublicKey.from_raw(_b64url(str(data["new_public_key"])))
+                new = handed_over_key(data) if entry.entry_type == KEY_ROTATED else None
+                if new is not None:
                     self.keys[new.kid] = new
-        self._remember(())
+        self._remember(added)
         return True
-
-
-def _b64url(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def establish(
@@ -101,11 +95,12 @@ def establish(
     keys: Mapping[str, PublicKey],
     roots: Mapping[int, bytes],
     anchors: Sequence[tuple[int, bytes]] = (),
+    observe: Callable[[Sequence[Row]], None] | None = None,
 ) -> Verified:
     """Verify a ledger from its genesis entry: entries under a signed checkpoint by hash (and governance entries by
     signature too), the rest in full; each anchor (an entry the node recorded outside the database) must be there,
     unchanged. Raises :class:`LedgerTampered` if any entry fails."""
-    walked = continue_walk(pages, node_id=node_id, keys=keys, roots=roots, anchors=anchors)
+    walked = continue_walk(pages, node_id=node_id, keys=keys, roots=roots, anchors=anchors, observe=observe)
     _refuse_if_failed(walked)
     state = Verified(0, b"", CompactRange(), dict(keys), Governance(), [])
     state.absorb(walked)

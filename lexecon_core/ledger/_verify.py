@@ -17,7 +17,6 @@ disagrees with it was rewritten. The first failure stops verification and is rep
 
 from __future__ import annotations
 
-import base64
 import json
 import json.scanner
 import os
@@ -33,7 +32,6 @@ from typing import Any, NamedTuple
 from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
 
-from lexecon_core.errors import LexeconError
 from lexecon_core.keys import PublicKey
 from lexecon_core.ledger._checkpoint import origin_for, verify_checkpoint
 from lexecon_core.ledger._entry import (
@@ -49,6 +47,7 @@ from lexecon_core.ledger._governance import (
     KEY_ROTATED,
     body_type,
     entry_data,
+    handed_over_key,
     purge_problem,
 )
 from lexecon_core.ledger._merkle import CompactRange
@@ -358,10 +357,10 @@ class _Walk:
             return
         try:
             data = json.loads(body)["data"]
-            key = PublicKey.from_raw(base64.urlsafe_b64decode(data["new_public_key"] + "=="))
-        except (ValueError, KeyError, TypeError, LexeconError):
+        except (ValueError, KeyError, TypeError):
             return  # a hand-over that names no usable key introduces none
-        if key.kid == data.get("new_kid"):
+        key = handed_over_key(data) if isinstance(data, dict) else None
+        if key is not None:
             self.keys[key.kid] = key  # type: ignore[index]  # a dict whenever learn_keys is set
 
     def _trusted_rows(self, rows: Sequence[Row]) -> _Checked:
@@ -485,8 +484,9 @@ class _Walk:
         elif (failure := _check_signatures(batch)) is not None:
             self.failures.append(failure)
 
-    def finish(self) -> None:
-        """After the last row: whatever should have come after it."""
+    def finish(self, *, empty_ok: bool = False) -> None:
+        """After the last row: whatever should have come after it. ``empty_ok``: a ledger with no entry yet is not a
+        finding (a node's own walk before its genesis entry is written)."""
         count = self.count
         missing = [seq for seq in self.anchored if seq > count]
         beyond = [size for size in self.sizes if size > count]
@@ -497,7 +497,7 @@ class _Walk:
             self.failures.append(
                 _Failure(count + 1, f"ledger truncated: anchored entry {missing[-1]} is missing", CHAIN)
             )
-        elif count == 0:
+        elif count == 0 and not empty_ok:
             self.failures.append(_Failure(1, f"ledger is empty: no {GENESIS_TYPE} entry", CHAIN))
 
 
@@ -653,14 +653,7 @@ def continue_walk(
         if observe is not None:
             observe(page)
     else:
-        beyond = [size for size in trusted if size > walk.count]
-        missing = [seq for seq in walk.anchored if seq > walk.count]
-        if beyond:  # a signed checkpoint says the ledger was longer
-            reason = f"ledger truncated: a signed checkpoint covers {max(beyond)} entries, the ledger has {walk.count}"
-            walk.failures.append(_Failure(walk.count + 1, reason, CHAIN, True))
-        elif missing:  # so does an anchor the node kept outside the database
-            reason = f"ledger truncated: anchored entry {max(missing)} is missing"
-            walk.failures.append(_Failure(walk.count + 1, reason, CHAIN))
+        walk.finish(empty_ok=True)  # shorter than a signed checkpoint or an anchor says: truncated
     walk.flush()
     governance = list(_parsed(walk.governance))
     if start is None:
