@@ -342,6 +342,17 @@ def test_no_checkpoint_or_export_vouches_for_a_planted_head(home: Path, tmp_path
 # -- 6. exported keys --------------------------------------------------------------------------------------------------
 
 
+def test_the_served_ledger_keys_are_the_node_keys(
+    home: Path, server: tuple[FastAPI, TestClient, dict[Role, str]]
+) -> None:
+    app, client, keys = server
+    intruder = Signer.generate()
+    sql(home, "INSERT INTO ledger_keys (kid, public_key, created_at) VALUES (:k, :p, 'now')",
+        k=intruder.kid, p=intruder.public.raw)  # fmt: skip
+    served = {k["kid"] for k in client.get("/ledger/keys", headers=auth(keys[Role.AUDITOR])).json()["keys"]}
+    assert served == set(app.state.lexecon.governor.public_keys) and intruder.kid not in served
+
+
 def test_an_exported_jwks_holds_only_the_node_keys(home: Path, tmp_path: Path) -> None:
     intruder = Signer.generate()
     sql(home, "INSERT INTO ledger_keys (kid, public_key, created_at) VALUES (:k, :p, 'now')",

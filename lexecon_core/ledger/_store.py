@@ -562,6 +562,13 @@ class Ledger:
         """Whether this handle caught up with the database within ``seconds``."""
         return self._verified is not None and time.monotonic() - self._synced_at <= seconds
 
+    def trusted_keys(self) -> dict[str, PublicKey]:
+        """The keys this node accepts on the ledger: its own and those verified hand-overs introduced (never the
+        ``ledger_keys`` table, which anyone with database access can write)."""
+        state = self.trusted_state()
+        with self._trust_lock:
+            return dict(state.keys)
+
     def api_key(self, key_id: str) -> KeyRecord | None:
         """The API key ``key_id`` as verified entries record it, as of the last catch-up (no I/O)."""
         with self._trust_lock:
@@ -715,9 +722,7 @@ class Ledger:
         if signer is None:
             raise LedgerError("exporting signs the bundle: this ledger handle has no signing key")
         self.checkpoint(signer=signer)
-        with self._trust_lock:  # the node's keys and those its verified hand-overs introduced, never the table's
-            assert self._verified is not None
-            keys = {**self._verified.keys, signer.kid: signer.public}
+        keys = {**self.trusted_keys(), signer.kid: signer.public}
         jwks = jwks_of(keys.values())
         try:
             return write_bundle(

@@ -137,7 +137,8 @@ async def list_checkpoints(request: Request, _principal: Reader) -> list[Checkpo
 
 @router.get("/keys", summary="JWKS of every key that signed the ledger (for offline verification)")
 async def ledger_keys(request: Request, _principal: Reader) -> dict[str, Any]:
-    keys = await run_in_threadpool(state_of(request).governor.node.ledger.published_keys)
+    """The node's keys and those its verified key hand-overs introduced: what the node itself trusts."""
+    keys = await run_in_threadpool(state_of(request).governor.node.ledger.trusted_keys)
     return jwks_of(keys.values())
 
 
