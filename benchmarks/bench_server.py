@@ -56,7 +56,7 @@ def make_node(root: Path, database_url: str | None) -> str:
 
     node = init_node(root, node_id="bench", database_url=database_url)
     node.adopt_policy(policy_from_document(POLICY), source="bench")
-    store = ApiKeyStore(node.settings.ledger_url)
+    store = ApiKeyStore(node.ledger)
     _, key = store.create("bench", Role.AGENT, by="bench")
     store.close()
     node.close()

@@ -191,8 +191,11 @@ class CompactRange:
         sibling has just arrived joins the new nodes in front, the nodes pair up, and an odd one out at the end is a
         new peak. A list comprehension per level instead of a loop per leaf is what makes it cheaper.
         """
-        peaks = self._peaks
         row = list(leaves)
+        if len(row) == 1:  # one leaf (a writer's own append): the carry loop costs less than a pass per level
+            self.append(row[0])
+            return
+        peaks = self._peaks
         self.size += len(row)
         index = self.size - len(row)  # of row[0], at the current level
         new: list[bytes] = []  # new peaks, smallest first
