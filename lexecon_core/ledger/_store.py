@@ -516,6 +516,7 @@ class Ledger:
                 check_head(state, current)
             except LedgerTampered as exc:
                 self._failed = (current or self.head(), exc, time.monotonic() + 1.0)
+                self._synced_at = 0.0  # nothing is answered from the earlier state once the ledger failed to verify
                 self._refused(exc)
                 raise
             except SQLAlchemyError as exc:
