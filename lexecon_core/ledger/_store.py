@@ -136,6 +136,7 @@ class Ledger:
         self.refusals = 0  # rows refused because they did not verify (the server's metrics count them)
         self._last_refusal: str | None = None
         self._failed: tuple[tuple[int, bytes], LedgerTampered, float] | None = None  # head, error, retry after
+        self._others_append = False  # the last batch found entries another process appended
         # One writing thread per process (see _append); the database lock covers other processes.
         self._queue_lock = threading.Lock()
         self._queue: list[_Request] = []
@@ -333,7 +334,10 @@ class Ledger:
             self._hand_over()
 
     def _write_batch(self, batch: list[_Request]) -> None:
-        if self._verified is None:  # the first walk runs before the write lock: it may take a while
+        # Catching up runs before the write lock: the first walk may take a while, and entries other processes
+        # append are verified while those processes can go on appending (under the lock only the few appended in
+        # between are left). A process that has seen no other writer skips the read.
+        if self._verified is None or self._others_append:
             try:
                 self.trusted_state()
             except LedgerError as exc:
@@ -355,6 +359,8 @@ class Ledger:
             seq, prev = (head[0] + 1, bytes(head[1])) if head else (1, genesis_hash(self.node_id))
             # Nothing is appended after a head this handle has not verified: a planted row would otherwise be
             # vouched for by every later entry's link and by the next checkpoint.
+            known = self._verified
+            self._others_append = known is None or (known.size, known.head) != (seq - 1, prev)
             verified = self.trusted_state((seq - 1, prev))
             rows: list[Any] = []
             new: list[LedgerEntry] = []
