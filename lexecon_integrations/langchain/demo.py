@@ -115,9 +115,11 @@ def run_demo(home: Path, console: Console | None = None) -> bool:
             middleware=[LexeconMiddleware(governor, actor=ACTOR, describe=describe)],
         )
         result = agent.invoke({"messages": [{"role": "user", "content": "Please sort out customer 42."}]})
+        asked: list[str] = []
         for message in result["messages"]:
             if isinstance(message, AIMessage) and message.tool_calls:
                 for call in message.tool_calls:
+                    asked.append(call["name"])
                     out.print(f"model asks: [bold]{call['name']}[/]({_args(call['args'])})")
             elif isinstance(message, ToolMessage):
                 colour = "green" if message.status == "success" else "red"
@@ -125,7 +127,8 @@ def run_demo(home: Path, console: Console | None = None) -> bool:
             elif isinstance(message, AIMessage):
                 out.print(f"model says: {message.content}")
         report = governor.verify_ledger()
-    out.print(f"\ntools that actually ran: {', '.join(ran)}")
+    # Parallel calls run on a thread pool; list what ran in the order the model asked, not the order threads finished.
+    out.print(f"\ntools that actually ran: {', '.join(sorted(ran, key=asked.index))}")
     status = (
         "[bold green]valid[/]" if report.valid else f"[bold red]INVALID[/] at {report.first_bad_seq}: {report.reason}"
     )
