@@ -20,8 +20,9 @@ from typing import Any
 
 import nacl.exceptions
 import nacl.signing
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from lexecon_core.errors import KeyStoreError
 
@@ -107,6 +108,14 @@ class Signer:
 
     def sign(self, message: bytes) -> bytes:
         return self._nacl.sign(message).signature
+
+    def derive_key(self, purpose: bytes) -> bytes:
+        """A 32-byte secret for ``purpose`` (HKDF-SHA256 over this key): whoever holds this signing key can derive
+        it, nobody else. Each purpose gets its own key; the signing key itself is never used for anything else."""
+        seed = self._crypto.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"lexecon/" + purpose).derive(seed)
 
     def jose_key(self) -> Ed25519PrivateKey:
         """The key object a JOSE library needs to produce an EdDSA JWS."""

@@ -622,3 +622,11 @@ def test_refused_init_creates_no_key(tmp_path: Path) -> None:
         init_node(fresh, node_id="node-2")
     assert not (fresh / "keys").exists()
     assert not (fresh / "config.json").exists()
+
+
+def test_derived_keys_are_per_purpose_and_per_signing_key() -> None:
+    signer = Signer.generate()
+    key = signer.derive_key(b"ledger-row-mac/v1")
+    assert len(key) == 32 and key == signer.derive_key(b"ledger-row-mac/v1")
+    assert key != signer.derive_key(b"another-purpose")
+    assert key != Signer.generate().derive_key(b"ledger-row-mac/v1")

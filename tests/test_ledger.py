@@ -1180,3 +1180,33 @@ def test_an_interrupted_waiter_does_not_stall_the_queue(tmp_path: Path) -> None:
     assert ledger._writing is False  # the pen was handed on (nobody waiting: released)
     assert ledger.append("note", {"i": 2}).seq == 2
     ledger.close()
+
+
+def test_another_handle_of_the_node_checks_its_rows_by_mac_and_anyone_else_by_signature(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lexecon_core.ledger import _verify
+
+    checked: list[int] = []
+    real = _verify._check_signatures
+
+    def counting(batch: Any) -> Any:
+        checked.append(len(batch))
+        return real(batch)
+
+    monkeypatch.setattr(_verify, "_check_signatures", counting)
+    url, node, other = sqlite_url(tmp_path / "l.db"), Signer.generate(), Signer.generate()
+    keys = {node.kid: node.public, other.kid: other.public}
+    opened = {"signer": node, "trusted_keys": keys, "node_id": "n"}
+    with Ledger(url, **opened) as writer, Ledger(url, **opened) as peer:
+        writer.append("decision", {"n": 0})
+        peer.trusted_state()
+        for n in range(1, 6):
+            writer.append("decision", {"n": n})
+        checked.clear()
+        assert peer.trusted_state().size == 7  # genesis, 6 decisions
+        assert sum(checked) == 0  # the writer's row MACs, under a key only holders of the signing key derive
+        with Ledger(url, signer=other, trusted_keys=keys, node_id="n") as stranger:
+            stranger.trusted_state()
+        assert sum(checked) == 7  # without the node's key, every signature
+        assert writer.verify(keys).valid and sum(checked) == 14  # and verification for others never uses MACs

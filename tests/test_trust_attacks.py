@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from lexecon_core import GovernanceError, LedgerError, LedgerTampered, LocalGove
 from lexecon_core.auth import Role
 from lexecon_core.decisions import idempotent_decision_id
 from lexecon_core.keys import Signer
-from lexecon_core.ledger._entry import entry_hash, make_body, signing_message, utc_timestamp
+from lexecon_core.ledger._entry import ROW_MAC_PURPOSE, entry_hash, make_body, row_mac, signing_message, utc_timestamp
 from lexecon_core.policy import parse_policy_text
 from lexecon_core.server import create_app
 from tests.server.conftest import auth
@@ -62,9 +62,18 @@ def sql(home: Path, statement: str, **params: Any) -> list[Any]:
         engine.dispose()
 
 
-def plant(home: Path, entry_type: str, data: dict[str, Any], *, signer: Signer | None = None) -> int:
+def plant(
+    home: Path,
+    entry_type: str,
+    data: dict[str, Any],
+    *,
+    signer: Signer | None = None,
+    kid: str | None = None,
+    mac: Callable[[bytes], bytes] | None = None,
+) -> int:
     """Insert a well-formed entry at the head, hashed and linked correctly, signed by a key that is not the node's
-    (or with garbage where the signature goes). Returns its seq."""
+    (``kid``: labelled as the node's key ``kid``, garbage where the signature goes), with the row MAC ``mac`` makes
+    from the entry hash, if given. Returns its seq."""
     seq, prev = sql(home, "SELECT seq, entry_hash FROM ledger_entries ORDER BY seq DESC LIMIT 1")[0]
     seq, prev = int(seq) + 1, bytes(prev)
     ts = utc_timestamp()
@@ -75,16 +84,17 @@ def plant(home: Path, entry_type: str, data: dict[str, Any], *, signer: Signer |
     sql(
         home,
         "INSERT INTO ledger_entries (seq, entry_type, created_at, body, prev_hash, entry_hash, kid, signature,"
-        " decision_id, actor, tool, outcome, purged) VALUES (:seq, :type, :ts, :body, :prev, :digest, :kid, :sig,"
-        " :decision, :actor, :tool, :outcome, false)",
+        " decision_id, actor, tool, outcome, purged, mac) VALUES (:seq, :type, :ts, :body, :prev, :digest, :kid,"
+        " :sig, :decision, :actor, :tool, :outcome, false, :mac)",
         seq=seq,
         type=entry_type,
         ts=ts,
         body=body,
         prev=prev,
         digest=digest,
-        kid=forger.kid,
-        sig=forger.sign(signing_message(digest)),
+        kid=kid or forger.kid,
+        sig=bytes(64) if kid else forger.sign(signing_message(digest)),
+        mac=mac(digest) if mac else None,
         decision=data.get("decision_id"),
         actor=request.get("actor"),
         tool=request.get("tool"),
@@ -340,6 +350,25 @@ def test_no_checkpoint_or_export_vouches_for_a_planted_head(home: Path, tmp_path
             gov.decide(SEARCH)  # nothing is appended (and later vouched for) on top of it
     assert sql(home, "SELECT count(*) FROM ledger_checkpoints")[0][0] == before
     assert not (tmp_path / "bundle.zip").exists()
+
+
+# -- row MACs: the node's own processes check each other's rows by HMAC instead of Ed25519 -------------------------
+
+
+def test_a_row_mac_copied_or_made_with_another_key_vouches_for_nothing(home: Path) -> None:
+    forged = {"decision_id": "dec_forged", "outcome": "approved", "request": {"actor": "ai_agent:x"}}
+    attacker = Signer.generate().derive_key(ROW_MAC_PURPOSE)
+    with LocalGovernor(home) as running:
+        running.decide(SEARCH)  # this handle has verified the ledger; it grows by others' rows through their MACs
+        kid, copied = sql(home, "SELECT kid, mac FROM ledger_entries ORDER BY seq DESC LIMIT 1")[0]
+        assert copied is not None and len(bytes(copied)) == 32  # the node writes one with every entry
+        for mac in (lambda _digest: bytes(copied), lambda digest: row_mac(attacker, digest)):
+            seq = plant(home, "decision", forged, kid=kid, mac=mac)
+            with pytest.raises(GovernanceError, match=f"entry {seq} does not verify"):
+                running.decide(SEARCH)  # running: it extends what it verified
+            with LocalGovernor(home) as fresh, pytest.raises(GovernanceError, match=f"entry {seq} does not verify"):
+                fresh.decide(SEARCH)  # starting: it walks from the genesis entry
+            sql(home, "DELETE FROM ledger_entries WHERE seq = :seq", seq=seq)
 
 
 # -- 6. exported keys --------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from lexecon_core.errors import LedgerError
 from lexecon_core.ledger import _schema
 
 #: The head revision in ``migrations/versions``; a test keeps the two in step.
-SCHEMA_REVISION = "0005"
+SCHEMA_REVISION = "0006"
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 

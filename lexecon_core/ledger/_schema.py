@@ -38,6 +38,10 @@ entries = Table(
     Column("outcome", String(16), nullable=True),
     # Set when retention purged the body (and the copied columns); hash, links and signature stay and still verify.
     Column("purged", Boolean, nullable=False, server_default=false()),
+    # HMAC-SHA256 of entry_hash under a key derived from the signing key (see _entry.row_mac): lets the node's own
+    # processes check each other's entries without an Ed25519 verification. Never part of what is signed or
+    # exported; NULL (older rows, or a row someone inserted) means the signature is checked instead.
+    Column("mac", LargeBinary(32), nullable=True),
     Index("ix_ledger_entries_decision_id", "decision_id"),
     Index("ix_ledger_entries_actor", "actor"),
     Index("ix_ledger_entries_tool", "tool"),

@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.sql.compiler import Compiled
 
 from lexecon_core.errors import InvalidRequest, LedgerError, LedgerTampered, LexeconError
 from lexecon_core.keys import PublicKey, Signer, b64url, jwks_of
@@ -33,11 +34,13 @@ from lexecon_core.ledger._bundle import write_bundle
 from lexecon_core.ledger._checkpoint import Checkpoint, origin_for
 from lexecon_core.ledger._entry import (
     GENESIS_TYPE,
+    ROW_MAC_PURPOSE,
     TOMBSTONE_TYPE,
     LedgerEntry,
     entry_hash,
     genesis_hash,
     make_body,
+    row_mac,
     signing_message,
     utc_timestamp,
 )
@@ -61,6 +64,7 @@ logger = logging.getLogger("lexecon.ledger")
 
 _INSERT = insert(_t)
 _COLUMN_NAMES = tuple(c.name for c in _t.c)  # the order of the positional insert parameters
+_TAIL_ROWS = 1024  # more rows than this after the verified head: read them in pages instead
 _HEAD = select(_t.c.seq, _t.c.entry_hash).order_by(_t.c.seq.desc()).limit(1)
 _ROW_COLUMNS = (
     _t.c.seq,
@@ -76,6 +80,7 @@ _ROW_COLUMNS = (
     _t.c.tool,
     _t.c.outcome,
     _t.c.purged,
+    _t.c.mac,  # used only by this node's own walks (continue_walk's ``macs``); verifiers ignore it
 )
 
 
@@ -128,15 +133,17 @@ class Ledger:
         # the chain and the checkpoints over it, but not this file, so a revocation or hold cannot be cut off.
         self._anchor_file = anchor_file
         self._signer = signer
+        self._mac_keys: dict[str, bytes] = {}  # kid -> row MAC key, for each signer this handle has held
+        if signer is not None:
+            self._mac_key(signer)
         own = {signer.kid: signer.public} if signer is not None else {}
         self._trusted_keys = trusted_keys if trusted_keys is not None else own
         self._verified: Verified | None = None  # see _trust; grown under _trust_lock
-        self._trust_lock = threading.Lock()
+        self._trust_lock = threading.RLock()
         self._synced_at = 0.0
         self.refusals = 0  # rows refused because they did not verify (the server's metrics count them)
         self._last_refusal: str | None = None
         self._failed: tuple[tuple[int, bytes], LedgerTampered, float] | None = None  # head, error, retry after
-        self._others_append = False  # the last batch found entries another process appended
         # One writing thread per process (see _append); the database lock covers other processes.
         self._queue_lock = threading.Lock()
         self._queue: list[_Request] = []
@@ -166,6 +173,12 @@ class Ledger:
             self._insert_sql = str(compiled)
             find = select(*_FULL).where(_t.c.decision_id == bindparam("d")).order_by(_t.c.seq)
             self._find_sql = str(find.compile(dialect=self._writer.dialect))
+            # The rows from a seq on (the verified head and what follows): read under the write lock on the
+            # writer's own connection, they give the head and what to verify in one statement.
+            tail = select(*_ROW_COLUMNS).where(_t.c.seq >= bindparam("s")).order_by(_t.c.seq).limit(bindparam("n"))
+            self._tail_sql = _Statement(tail.compile(dialect=self._writer.dialect))
+            page = select(*_ROW_COLUMNS).where(_t.c.seq > bindparam("after")).order_by(_t.c.seq).limit(bindparam("n"))
+            self._page_sql = _Statement(page.compile(dialect=self._reader.dialect))
             self.node_id, created = self._bind_node(node_id)
         except SQLAlchemyError as exc:
             raise LedgerError(f"cannot open ledger: {_short(exc)}") from None
@@ -237,7 +250,14 @@ class Ledger:
     # -- writing --------------------------------------------------------------------------------------------------
 
     def set_signer(self, signer: Signer) -> None:
+        self._mac_key(signer)
         self._signer = signer
+
+    def _mac_key(self, signer: Signer) -> bytes:
+        key = self._mac_keys.get(signer.kid)
+        if key is None:
+            key = self._mac_keys[signer.kid] = signer.derive_key(ROW_MAC_PURPOSE)
+        return key
 
     def append(
         self,
@@ -334,10 +354,11 @@ class Ledger:
             self._hand_over()
 
     def _write_batch(self, batch: list[_Request]) -> None:
-        # Catching up runs before the write lock: the first walk may take a while, and entries other processes
-        # append are verified while those processes can go on appending (under the lock only the few appended in
-        # between are left). A process that has seen no other writer skips the read.
-        if self._verified is None or self._others_append:
+        # The first walk from the genesis entry runs before the write lock: it may take a while. After that, what
+        # other processes appended is verified under the lock, read with the head in one statement: it became
+        # visible only when they committed, just before this process got the lock, so there is nothing to read
+        # earlier (measured: catching up before the lock as well only added reads). Their row MACs make it cheap.
+        if self._verified is None:
             try:
                 self.trusted_state()
             except LedgerError as exc:
@@ -355,13 +376,9 @@ class Ledger:
             db = self._append_dbapi()
             cursor = db.cursor()
             cursor.execute(self._backend.lock_sql)  # the write lock before reading the head: no fork, no gap
-            head = cursor.execute(self._head_sql).fetchone()
-            seq, prev = (head[0] + 1, bytes(head[1])) if head else (1, genesis_hash(self.node_id))
             # Nothing is appended after a head this handle has not verified: a planted row would otherwise be
             # vouched for by every later entry's link and by the next checkpoint.
-            known = self._verified
-            self._others_append = known is None or (known.size, known.head) != (seq - 1, prev)
-            verified = self.trusted_state((seq - 1, prev))
+            verified, seq, prev = self._verified_head(cursor)
             rows: list[Any] = []
             new: list[LedgerEntry] = []
             written: dict[str, LedgerEntry] = {}  # decision ids appended once, in this batch
@@ -427,6 +444,25 @@ class Ledger:
             if cursor is not None:
                 cursor.close()
 
+    def _verified_head(self, cursor: Any) -> tuple[Verified, int, bytes]:
+        """Under the write lock: the verified state grown to the database's head, and the next (seq, prev)."""
+        known = self._verified
+        if known is not None and known.size > 0:
+            # One statement on the writer's connection: the verified head row, then anything appended since.
+            size, digest = known.size, known.head
+            tail = self._tail_sql
+            rows = cursor.execute(tail.sql, tail.params({"s": size, "n": _TAIL_ROWS + 1})).fetchall()
+            if rows and len(rows) <= _TAIL_ROWS and rows[0][0] == size and bytes(rows[0][4]) == digest:
+                with self._trust_lock:
+                    if (known.size, known.head) == (size, digest):  # no other thread grew it meanwhile
+                        last = rows[-1]
+                        verified = self.trusted_state((int(last[0]), bytes(last[4])), pages=[rows[1:]])
+                        return verified, verified.size + 1, verified.head
+            # Many new rows, the verified head gone or changed, or grown meanwhile: the general path decides.
+        head = cursor.execute(self._head_sql).fetchone()
+        seq, prev = (head[0] + 1, bytes(head[1])) if head else (1, genesis_hash(self.node_id))
+        return self.trusted_state((seq - 1, prev)), seq, prev
+
     def _find(self, cursor: Any, decision_id: str, verified: Verified) -> LedgerEntry | None:
         """The entry already recorded for ``decision_id``, once it checks out: a retry is answered from it, and an
         approval's token signed again, so it must be the node's own entry at its place in the verified chain."""
@@ -479,6 +515,7 @@ class Ledger:
             request.get("tool"),
             data.get("outcome"),
             False,
+            row_mac(self._mac_key(signer), digest),
         )
         return entry, row
 
@@ -495,10 +532,14 @@ class Ledger:
 
     # -- what this handle has verified (see _trust) ---------------------------------------------------------------
 
-    def trusted_state(self, head: tuple[int, bytes] | None = None) -> Verified:
+    def trusted_state(
+        self, head: tuple[int, bytes] | None = None, *, pages: Iterable[Sequence[Any]] | None = None
+    ) -> Verified:
         """The verified prefix of the chain, grown to ``head`` (default: the database's head now). Raises
         :class:`LedgerTampered` - logged and counted in ``refusals`` - if a row on the way does not verify or the
-        database no longer continues what was verified. Callers read its fields under ``_trust_lock``."""
+        database no longer continues what was verified. ``pages``: the rows after the verified head, already read
+        (by the writer, under the lock); used only if that head is still the one verified. Callers read its
+        fields under ``_trust_lock``."""
         with self._trust_lock:
             current = head
             try:
@@ -508,7 +549,8 @@ class Ledger:
                 state = self._verified
                 if state is not None and (state.size, state.head) != head:
                     try:
-                        extend(state, self._pages(after=state.size), node_id=self.node_id)
+                        rows = self._pages(after=state.size) if pages is None else pages
+                        extend(state, rows, node_id=self.node_id, macs=self._mac_keys)
                     except LedgerTampered:  # e.g. a purge it cannot judge from where it stands: walk it all
                         state = None
                 if state is None:
@@ -536,7 +578,13 @@ class Ledger:
         roots = trusted_roots(self._stored_notes(), self.node_id, self._trusted_keys)
         anchors = _read_anchor(self._anchor_file)
         return establish(
-            self._pages(), node_id=self.node_id, keys=self._trusted_keys, roots=roots, anchors=anchors, observe=observe
+            self._pages(),
+            node_id=self.node_id,
+            keys=self._trusted_keys,
+            roots=roots,
+            anchors=anchors,
+            observe=observe,
+            macs=self._mac_keys,
         )
 
     def _absorb_own(self, verified: Verified, entries: list[LedgerEntry]) -> None:
@@ -659,18 +707,14 @@ class Ledger:
         # the append path, verification drives the driver directly with SQL compiled from the Table: at hundreds
         # of thousands of rows a second, building any object per entry would be much of the cost. Pages of ~1,000
         # rows read faster than larger ones (they stay in the CPU cache until checked).
-        compiled = (select(*_ROW_COLUMNS).where(_t.c.seq > bindparam("after")).order_by(_t.c.seq).limit(size)).compile(
-            dialect=self._reader.dialect
-        )
-        sql, names = str(compiled), list(compiled.positiontup or ())
+        statement = self._page_sql
         last = after
         while True:
-            values = compiled.construct_params({"after": last})
-            params = tuple(values[n] for n in names) if names else values
+            params = statement.params({"after": last, "n": size})
             raw = self._reader.raw_connection()
             try:
                 cursor = raw.driver_connection.cursor()  # type: ignore[union-attr]
-                page = cursor.execute(sql, params).fetchall()
+                page = cursor.execute(statement.sql, params).fetchall()
                 cursor.close()
                 raw.rollback()
             finally:
@@ -864,6 +908,23 @@ _FULL = (
     _t.c.kid,
     _t.c.signature,
 )
+
+
+class _Statement:
+    """SQL compiled once from the Table, run on the driver directly in its own parameter style."""
+
+    __slots__ = ("_compiled", "_defaults", "_names", "sql")
+
+    def __init__(self, compiled: Compiled) -> None:
+        self._compiled, self.sql = compiled, str(compiled)
+        self._names = list(compiled.positiontup or ())  # type: ignore[attr-defined]
+        self._defaults: dict[str, Any] | None = None  # values SQLAlchemy adds itself (e.g. SQLite's OFFSET 0)
+
+    def params(self, values: Mapping[str, Any]) -> Any:
+        if self._defaults is None:  # construct_params costs ~20 µs a call: once is enough
+            self._defaults = dict(self._compiled.construct_params(dict(values)) or {})
+        full = {**self._defaults, **values}
+        return tuple(full[n] for n in self._names) if self._names else full
 
 
 def _to_entry(row: Any) -> LedgerEntry:

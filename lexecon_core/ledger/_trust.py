@@ -96,21 +96,27 @@ def establish(
     roots: Mapping[int, bytes],
     anchors: Sequence[tuple[int, bytes]] = (),
     observe: Callable[[Sequence[Row]], None] | None = None,
+    macs: Mapping[str, bytes] | None = None,
 ) -> Verified:
     """Verify a ledger from its genesis entry: entries under a signed checkpoint by hash (and governance entries by
     signature too), the rest in full; each anchor (an entry the node recorded outside the database) must be there,
     unchanged. Raises :class:`LedgerTampered` if any entry fails."""
-    walked = continue_walk(pages, node_id=node_id, keys=keys, roots=roots, anchors=anchors, observe=observe)
+    walked = continue_walk(pages, node_id=node_id, keys=keys, roots=roots, anchors=anchors, observe=observe, macs=macs)
     _refuse_if_failed(walked)
     state = Verified(0, b"", CompactRange(), dict(keys), Governance(), [])
     state.absorb(walked)
     return state
 
 
-def extend(state: Verified, pages: Iterable[Sequence[Row]], *, node_id: str) -> Verified:
-    """``state`` grown by the entries in ``pages`` (those after ``state.size``), all checked in full. ``state`` is
-    changed only if every one of them verifies; else :class:`LedgerTampered`."""
-    walked = continue_walk(pages, node_id=node_id, keys=state.keys, start=(state.size, state.head, state.tree))
+def extend(
+    state: Verified, pages: Iterable[Sequence[Row]], *, node_id: str, macs: Mapping[str, bytes] | None = None
+) -> Verified:
+    """``state`` grown by the entries in ``pages`` (those after ``state.size``), all checked in full (a row MAC
+    under one of ``macs`` stands for its signature). ``state`` is changed only if every one of them verifies; else
+    :class:`LedgerTampered`."""
+    walked = continue_walk(
+        pages, node_id=node_id, keys=state.keys, start=(state.size, state.head, state.tree), macs=macs
+    )
     _refuse_if_failed(walked)
     state.absorb(walked)
     return state

@@ -17,6 +17,7 @@ disagrees with it was rewritten. The first failure stops verification and is rep
 
 from __future__ import annotations
 
+import hmac
 import json
 import json.scanner
 import os
@@ -40,6 +41,7 @@ from lexecon_core.ledger._entry import (
     SIGNATURE_TAG,
     entry_hash,
     genesis_hash,
+    row_mac,
 )
 from lexecon_core.ledger._governance import (
     DECISION_SUFFIX,
@@ -128,8 +130,10 @@ _PAGE = 1024  # rows checked together; about what stays in the CPU cache between
 
 def stored_row(values: Row) -> StoredRow:
     """A row from the driver as a :class:`StoredRow`, its binary columns as bytes whatever a tampered row holds."""
-    seq, entry_type, body, prev_hash, digest, kid, signature, *rest = values
-    return StoredRow(seq, entry_type, _blob(body), _blob(prev_hash), _blob(digest), kid, _blob(signature), *rest)
+    seq, entry_type, body, prev_hash, digest, kid, signature = values[:7]
+    return StoredRow(
+        seq, entry_type, _blob(body), _blob(prev_hash), _blob(digest), kid, _blob(signature), *values[7:13]
+    )
 
 
 def _blob(value: Any) -> bytes:
@@ -241,6 +245,13 @@ def _check_signatures(batch: _Pending) -> _Failure | None:
     return None
 
 
+def _mac_matches(key: bytes | None, digest: bytes, row: Row) -> bool:
+    """Whether the row's stored MAC (column 14, after purged) is the node's MAC of its entry hash."""
+    if key is None or len(row) < 14 or not isinstance(row[13], (bytes, memoryview)):
+        return False
+    return hmac.compare_digest(row_mac(key, digest), bytes(row[13]))
+
+
 _BATCH = 2048
 
 
@@ -273,8 +284,12 @@ class _Walk:
         pool: ThreadPoolExecutor | None,
         start: tuple[int, bytes, CompactRange] | None = None,
         learn_keys: bool = False,
+        macs: Mapping[str, bytes] | None = None,
     ) -> None:
         self.node_id = node_id
+        # Row MAC keys (kid -> key) of a node walking its own ledger: a row whose MAC checks needs no Ed25519
+        # verification. Only the node holds them; a row without a good MAC has its signature checked as usual.
+        self.macs = macs or None
         # With learn_keys, a verified key_rotated entry adds its new key for the entries after it: the signed
         # hand-over is how a node's next key becomes trusted (only this walk's copy of the keys changes).
         self.keys = dict(keys) if learn_keys else keys
@@ -390,7 +405,7 @@ class _Walk:
 
     def _full(self, rows: Sequence[Row]) -> _Checked:
         """Checks 1-5, one row after another (each links to the last); the signatures are left for a batch."""
-        node_id, keys, wanted = self.node_id, self.keys, self.wanted
+        node_id, keys, wanted, macs = self.node_id, self.keys, self.wanted, self.macs
         prev, expected = self.prev, self.count + 1
         hashes: list[bytes] = []
         signatures: _Pending = []
@@ -399,7 +414,7 @@ class _Walk:
         failure = None
         for row in rows:
             (seq, entry_type, body, prev_hash, digest, kid, signature,
-             created_at, decision, actor, tool, outcome, gone) = row  # fmt: skip
+             created_at, decision, actor, tool, outcome, gone) = row[:13]  # fmt: skip
             if not (type(body) is type(prev_hash) is type(digest) is type(signature) is bytes):
                 body, prev_hash, digest, signature = _blob(body), _blob(prev_hash), _blob(digest), _blob(signature)
             if seq != expected:
@@ -430,7 +445,8 @@ class _Walk:
                 failure = _Failure(seq, _ANCHOR_DIFFERS, CHAIN)
                 break
             hashes.append(digest)
-            signatures.append((seq, key, signature, digest))
+            if macs is None or not _mac_matches(macs.get(kid), digest, row):
+                signatures.append((seq, key, signature, digest))
             prev, expected = digest, expected + 1
             if entry_type == KEY_ROTATED:
                 self._learn(body)  # its own signature is checked with the batch; a bad one fails the walk there
@@ -625,6 +641,7 @@ def continue_walk(
     roots: Mapping[int, bytes] | None = None,
     observe: Callable[[Sequence[Row]], None] | None = None,
     anchors: Sequence[tuple[int, bytes]] = (),
+    macs: Mapping[str, bytes] | None = None,
 ) -> Continued:
     """Verify the entries after ``start`` (``(size, head hash, tree)`` of a prefix already verified; None: from the
     genesis), as a node does before it acts on them. Entries under one of the signed checkpoint ``roots`` are
@@ -646,6 +663,7 @@ def continue_walk(
         pool=None,
         start=(begin[0], begin[1], begin[2].copy()),
         learn_keys=True,
+        macs=macs,
     )
     for page in pages:
         if page and not walk.page(page):
