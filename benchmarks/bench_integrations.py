@@ -96,6 +96,7 @@ def lookup_impl(key: int) -> str:
 
 
 def bench_langchain_calls(governor: LocalGovernor, n: int) -> list[tuple[str, float, float]]:
+    from langchain_core.runnables import RunnableConfig
     from langchain_core.tools import tool
 
     from lexecon_integrations.langchain import LexeconCallbackHandler, govern_tool
@@ -106,7 +107,7 @@ def bench_langchain_calls(governor: LocalGovernor, n: int) -> list[tuple[str, fl
         return lookup_impl(key)
 
     governed = govern_tool(lookup, governor, actor=ACTOR)
-    handler_config = {"callbacks": [LexeconCallbackHandler(governor, actor=ACTOR)]}
+    handler_config: RunnableConfig = {"callbacks": [LexeconCallbackHandler(governor, actor=ACTOR)]}
     counter = itertools.count()
     bare = p50_us(lambda: lookup.invoke({"key": next(counter)}), n)
     bare_async = p50_us_async(lambda: lookup.ainvoke({"key": next(counter)}), n)
@@ -164,6 +165,7 @@ def bench_openai_calls(governor: LocalGovernor, n: int) -> list[tuple[str, float
         return lookup_impl(key)
 
     (governed,) = govern_tools([lookup], governor, actor=ACTOR)
+    assert governed.tool_input_guardrails  # govern_tools adds Lexecon's guardrail last
     guardrail = governed.tool_input_guardrails[-1]
     agent = Agent(name="bench")
     counter = itertools.count()
@@ -227,11 +229,15 @@ def bench_langchain_agent(governor: LocalGovernor, runs: int, model_ms: float = 
         "no-op hook": create_agent(model(), tools=[lookup], middleware=[NoOp()]),
         "governed": create_agent(model(), tools=[lookup], middleware=[LexeconMiddleware(governor, actor=ACTOR)]),
     }
-    question = {"messages": [{"role": "user", "content": "look up 1"}]}
+    question: Any = {"messages": [{"role": "user", "content": "look up 1"}]}
+
+    def runner(agent: Any) -> Callable[[], Any]:
+        return lambda: agent.invoke(question)
+
     for agent in agents.values():
         for _ in range(20):  # warm-up
             agent.invoke(question)
-    return interleaved_p50_us({name: lambda a=agent: a.invoke(question) for name, agent in agents.items()}, runs)
+    return interleaved_p50_us({name: runner(agent) for name, agent in agents.items()}, runs)
 
 
 def bench_openai_agent(governor: LocalGovernor, runs: int, model_ms: float = 0.0) -> dict[str, float]:
@@ -303,7 +309,11 @@ def bench_openai_agent(governor: LocalGovernor, runs: int, model_ms: float = 0.0
         for agent in agents.values():
             for _ in range(20):  # warm-up
                 await run(agent)
-        return await ainterleaved_p50_us({name: lambda a=agent: run(a) for name, agent in agents.items()}, runs)
+
+        def runner(agent: Agent[Any]) -> Callable[[], Any]:
+            return lambda: run(agent)
+
+        return await ainterleaved_p50_us({name: runner(agent) for name, agent in agents.items()}, runs)
 
     return asyncio.run(measure())
 

@@ -25,7 +25,7 @@ import nacl.signing
 
 from lexecon_core import LocalGovernor, init_node
 from lexecon_core._glob import matches
-from lexecon_core.policy import PolicyEngine, PolicyRelation, PolicyTerm, TermType
+from lexecon_core.policy import PolicyEngine, PolicyRelation, PolicyTerm, RelationType, TermType
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -53,7 +53,7 @@ def build_policy(relations: int, seed: int = 7) -> tuple[PolicyEngine, list[tupl
             continue
         seen.add(spec)
         specs.append(spec)
-        engine.add_relation(PolicyRelation(*spec))
+        engine.add_relation(PolicyRelation(RelationType(spec[0]), spec[1], spec[2]))
     return engine, specs
 
 

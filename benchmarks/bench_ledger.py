@@ -110,7 +110,7 @@ def drop_pg_schema(schema: str) -> None:
 def bench_appends(work: Path, signer: Signer, n_append: int) -> None:
     floor = bare_commits(work / "bare.db", n_append // 2)
     print(f"\nbaseline: bare durable SQLite commit per row {floor:,.0f}/s")
-    targets = [("SQLite", sqlite_url(work / "append.db"), None)]
+    targets: list[tuple[str, str, str | None]] = [("SQLite", sqlite_url(work / "append.db"), None)]
     pg = pg_schema_url()
     if pg is not None:
         targets.append(("PostgreSQL", pg[0], pg[1]))
