@@ -431,3 +431,24 @@ def test_node_facts_only_add(recipients: list[str], classes: list[str], destinat
     ).outcome
     outsider = any(not r.endswith("@example.com") for r in recipients)
     assert (outcome is Outcome.DENIED) == (outsider or destination == "external")
+
+
+def test_policy_test_applies_the_policy_classifications(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from tests.test_cli import run
+
+    policy = tmp_path / "mail.json"
+    policy.write_text(json.dumps(EMAIL_POLICY))
+    base = ["policy", "test", str(policy), "--actor", "ai_agent:bot", "--tool", "send_email", "--json"]
+    code, out, _ = run(capsys, *base, "--arg", "to=eve@elsewhere.test", "--context", "destination=internal")
+    assert code == 0
+    result = json.loads(out)
+    assert result["outcome"] == "denied"  # as the node would decide it: pii to an outside recipient
+    assert result["classified"] == {"data_classes": ["pii"], "context": {"destination": ["external"]}}
+    code, out, _ = run(capsys, *base, "--arg", "to=bob@example.com")
+    result = json.loads(out)
+    assert (code, result["outcome"]) == (0, "approved")
+    assert result["classified"] == {"data_classes": ["pii"], "context": {}}
+    code, out, _ = run(capsys, *base[:-1], "--arg", "to=eve@elsewhere.test")
+    assert code == 0 and "classified       data classes ['pii'], context {'destination': ['external']}" in out

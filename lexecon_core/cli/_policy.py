@@ -75,6 +75,7 @@ def explain(
     actor: Annotated[str, typer.Option(help="Actor of the hypothetical call.")],
     tool: Annotated[str, typer.Option(help="Tool of the hypothetical call.")],
     action: Annotated[str | None, typer.Option(help="Proposed action.")] = None,
+    arg: Annotated[list[str] | None, typer.Option("--arg", help="Tool argument key=value (repeatable).")] = None,
     data_class: Annotated[list[str] | None, typer.Option("--data-class", help="Data class (repeatable).")] = None,
     context: Annotated[list[str] | None, typer.Option("--context", help="Context key=value (repeatable).")] = None,
     risk_level: Annotated[RiskLevel | None, typer.Option(help="Declared risk level.")] = None,
@@ -85,7 +86,11 @@ def explain(
     ctx = parse_pairs(context, "--context")
     classes = data_class or []
     rules = load_risk_rules(load_settings().risk_rules_file)
-    risk = assess(tool=tool, data_classes=classes, declared_level=risk_level, context=ctx, rules=rules)
+    # As a decision does: the policy's own classifications of the tool and its arguments add to what is declared.
+    classified = engine.classify(tool, parse_pairs(arg, "--arg"))
+    risk = (classified.assess_risk if classified else assess)(
+        tool=tool, data_classes=classes, declared_level=risk_level, context=ctx, rules=rules
+    )
     resource = ctx.get("resource") if isinstance(ctx.get("resource"), str) else None
     result = engine.evaluate(
         actor=actor,
@@ -95,6 +100,7 @@ def explain(
         data_classes=classes,
         context=ctx,
         risk_level=risk.level,
+        classified=classified,
     )
     if as_json:
         print_json(
@@ -106,6 +112,7 @@ def explain(
                 "satisfied_terms": list(result.satisfied_terms),
                 "matched_relations": [m.to_dict() for m in result.matched],
                 "risk": risk.to_record(),
+                "classified": classified.to_record(),
             }
         )
         return
@@ -113,6 +120,9 @@ def explain(
     out.print(f"[bold {colour}]{result.outcome.value}[/]  {result.reason}")
     out.print(f"  risk             {risk.level.value} ({risk.score}) {dict(risk.dimensions)}")
     out.print(f"  satisfied terms  {', '.join(result.satisfied_terms) or '(none)'}")
+    if classified:
+        added = classified.to_record()
+        out.print(f"  classified       data classes {added['data_classes']}, context {added['context']}")
     if result.matched:
         print_table(
             ("relation", "type", "effect"),
