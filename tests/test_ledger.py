@@ -907,7 +907,7 @@ def test_locked_database_times_out_into_governance_error(
 ) -> None:
     """Another process holding the write lock past the busy timeout: the decision is refused, not approved."""
     governor.decide(DENY)  # open the append connection first
-    conn = governor.node.ledger._append_dbapi()
+    conn = governor.node.ledger._appender._append_dbapi()
     conn.execute("PRAGMA busy_timeout=50")
     blocker = sqlite3.connect(db_path(home), isolation_level=None)
     try:
@@ -1061,7 +1061,7 @@ def test_ledger_durability_setting(
     if setting is not None:
         monkeypatch.setenv("LEXECON_LEDGER_DURABILITY", setting)
     with LocalGovernor(home) as gov:
-        db = gov.node.ledger._append_dbapi()
+        db = gov.node.ledger._appender._append_dbapi()
         assert db.execute("PRAGMA synchronous").fetchone()[0] == pragma  # 2 = FULL, 1 = NORMAL
         assert gov.decide({"actor": "ai_agent:a", "tool": "search"}).approved
         assert gov.verify_ledger().valid
@@ -1079,13 +1079,13 @@ def test_group_commit_batches_concurrent_appends(tmp_path: Path) -> None:
     signer = Signer.generate()
     ledger = Ledger(sqlite_url(tmp_path / "group.db"), node_id="n", signer=signer)
     batches: list[int] = []
-    original = ledger._write_batch
+    original = ledger._appender._write_batch
 
     def counted(batch: list[Any]) -> None:
         batches.append(len(batch))
         original(batch)
 
-    ledger._write_batch = counted  # type: ignore[method-assign]
+    ledger._appender._write_batch = counted  # type: ignore[method-assign]
     barrier = threading.Barrier(8)
     returned: list[LedgerEntry] = []
     lock = threading.Lock()
@@ -1120,7 +1120,7 @@ def test_a_bad_request_in_a_batch_fails_alone(tmp_path: Path) -> None:
         _store_request("note", {"bad": 1.5}, signer),
         _store_request("note", {"ok": 2}, signer),
     ]
-    ledger._write_batch(requests)
+    ledger._appender._write_batch(requests)
     assert [r.entry.seq if r.entry else None for r in requests] == [2, None, 3]
     assert isinstance(requests[1].error, InvalidRequest)
     assert ledger.count() == 3
@@ -1129,16 +1129,16 @@ def test_a_bad_request_in_a_batch_fails_alone(tmp_path: Path) -> None:
 
 
 def _store_request(entry_type: str, data: dict[str, Any], signer: Signer) -> Any:
-    from lexecon_core.ledger._store import _Request
+    from lexecon_core.ledger._append import AppendRequest
 
-    return _Request(entry_type, data, signer, False)
+    return AppendRequest(entry_type, data, signer, False)
 
 
 def test_malformed_request_field_fails_alone_in_a_batch(tmp_path: Path) -> None:
     signer = Signer.generate()
     ledger = Ledger(sqlite_url(tmp_path / "m.db"), node_id="n", signer=signer)
     requests = [_store_request("note", {"request": "not a mapping"}, signer), _store_request("note", {"ok": 1}, signer)]
-    ledger._write_batch(requests)
+    ledger._appender._write_batch(requests)
     assert isinstance(requests[0].error, InvalidRequest)
     assert requests[1].entry is not None and requests[1].entry.seq == 2
     ledger.close()
@@ -1155,9 +1155,9 @@ def test_a_failed_batch_connection_fails_every_caller_with_a_ledger_error(
     def no_connection() -> Any:
         raise sqlite3.OperationalError("unable to open database file")
 
-    monkeypatch.setattr(ledger, "_append_dbapi", no_connection)
+    monkeypatch.setattr(ledger._appender, "_append_dbapi", no_connection)
     requests = [_store_request("note", {"i": i}, signer) for i in range(3)]
-    ledger._write_batch(requests)
+    ledger._appender._write_batch(requests)
     assert all(isinstance(r.error, LedgerError) and r.entry is None for r in requests)
     with pytest.raises(LedgerError, match="unable to open database file"):
         ledger.append("note", {"x": 1})
@@ -1167,17 +1167,18 @@ def test_a_failed_batch_connection_fails_every_caller_with_a_ledger_error(
 def test_an_interrupted_waiter_does_not_stall_the_queue(tmp_path: Path) -> None:
     signer = Signer.generate()
     ledger = Ledger(sqlite_url(tmp_path / "q.db"), node_id="n", signer=signer)
-    ledger._writing = True  # as if another thread were writing
+    appender = ledger._appender
+    appender._writing = True  # as if another thread were writing
     orphan = _store_request("note", {"i": 0}, signer)
-    ledger._queue.append(orphan)
-    ledger._abandon(orphan)  # what an interrupt while queued does
-    assert ledger._queue == []
-    ledger._writing = False
+    appender._queue.append(orphan)
+    appender._abandon(orphan)  # what an interrupt while queued does
+    assert appender._queue == []
+    appender._writing = False
     woken = _store_request("note", {"i": 1}, signer)
-    ledger._writing = True
+    appender._writing = True
     woken.wake.set()  # made the writer, then interrupted before it took the queue
-    ledger._abandon(woken)
-    assert ledger._writing is False  # the pen was handed on (nobody waiting: released)
+    appender._abandon(woken)
+    assert appender._writing is False  # the pen was handed on (nobody waiting: released)
     assert ledger.append("note", {"i": 2}).seq == 2
     ledger.close()
 
@@ -1185,16 +1186,16 @@ def test_an_interrupted_waiter_does_not_stall_the_queue(tmp_path: Path) -> None:
 def test_another_handle_of_the_node_checks_its_rows_by_mac_and_anyone_else_by_signature(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lexecon_core.ledger import _verify
+    from lexecon_core.ledger import _walk
 
     checked: list[int] = []
-    real = _verify._check_signatures
+    real = _walk._check_signatures
 
     def counting(batch: Any) -> Any:
         checked.append(len(batch))
         return real(batch)
 
-    monkeypatch.setattr(_verify, "_check_signatures", counting)
+    monkeypatch.setattr(_walk, "_check_signatures", counting)
     url, node, other = sqlite_url(tmp_path / "l.db"), Signer.generate(), Signer.generate()
     keys = {node.kid: node.public, other.kid: other.public}
     opened = {"signer": node, "trusted_keys": keys, "node_id": "n"}

@@ -27,8 +27,10 @@ from typing import Any
 import pytest
 
 from lexecon_core.keys import PublicKey, Signer
-from lexecon_core.ledger import Ledger, StoredRow, _verify, sqlite_url, verify_rows
-from lexecon_core.ledger._verify import _check_signatures, _parse, _Walk, verify_pages
+from lexecon_core.ledger import Ledger, StoredRow, sqlite_url, verify_rows
+from lexecon_core.ledger._row import stored_row
+from lexecon_core.ledger._verify import verify_pages
+from lexecon_core.ledger._walk import Walk, _check_signatures, _parse
 
 NODE = "verify-node"
 ENTRY_TAG = b"lexecon:ledger:entry:v1\x00"
@@ -266,7 +268,7 @@ def test_reports_do_not_depend_on_paging_or_the_bulk_path(
     for page in (1, 2, 3, 7, 16, 64):
         assert report_of(ledger, signer, trusted=trusted, page=page) == reference, page
     with monkeypatch.context() as patch:  # the row-by-row check in place of the bulk one
-        patch.setattr(_Walk, "_trusted", lambda self, rows: self._trusted_rows(rows))
+        patch.setattr(Walk, "_trusted", lambda self, rows: self._trusted_rows(rows))
         for page in (1, 5, 1024):
             assert report_of(ledger, signer, trusted=trusted, page=page) == reference, page
     for workers in (1, 2):
@@ -368,7 +370,5 @@ def test_body_parsing_matches_json_loads(body: bytes) -> None:
 
 
 def test_stored_row_normalises_what_a_driver_returns() -> None:
-    row = _verify.stored_row(
-        (3, "decision", "body", None, memoryview(b"h"), "kid", b"s", None, None, None, None, None, 0)
-    )
+    row = stored_row((3, "decision", "body", None, memoryview(b"h"), "kid", b"s", None, None, None, None, None, 0))
     assert row == StoredRow(3, "decision", b"body", b"", b"h", "kid", b"s", purged=0)  # type: ignore[arg-type]

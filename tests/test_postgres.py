@@ -126,7 +126,7 @@ def test_many_processes_append_one_dense_chain(pg_url: str) -> None:
 def test_process_durability_turns_off_synchronous_commit(pg_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LEXECON_LEDGER_DURABILITY", "process")
     with LocalGovernor(pg_home) as governor:
-        db = governor.node.ledger._append_dbapi()
+        db = governor.node.ledger._appender._append_dbapi()
         assert db.execute("SHOW synchronous_commit").fetchone()[0] == "off"
         assert governor.decide({"actor": "ai_agent:a", "tool": "search"}).approved
         assert governor.verify_ledger().valid

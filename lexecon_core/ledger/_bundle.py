@@ -35,7 +35,8 @@ from typing import IO, Any
 from lexecon_core.errors import LedgerError, LexeconError
 from lexecon_core.keys import PublicKey, Signer, jwks_to_keys
 from lexecon_core.ledger._entry import utc_timestamp
-from lexecon_core.ledger._verify import Row, StoredRow, VerificationReport, verify_pages
+from lexecon_core.ledger._row import Row, StoredRow
+from lexecon_core.ledger._verify import VerificationReport, verify_pages
 
 FORMAT = "lexecon-ledger-bundle/1"
 _MANIFEST_TAG = b"lexecon:bundle:manifest:v1\x00"

@@ -24,7 +24,8 @@ from lexecon_core.keys import PublicKey
 from lexecon_core.ledger._entry import LedgerEntry
 from lexecon_core.ledger._governance import GOVERNANCE_TYPES, KEY_ROTATED, Governance, handed_over_key
 from lexecon_core.ledger._merkle import CompactRange, leaf_hash
-from lexecon_core.ledger._verify import Continued, Row, continue_walk
+from lexecon_core.ledger._row import Row
+from lexecon_core.ledger._verify import Continued, continue_walk
 
 RECENT = 100_000  # entries whose hashes are kept to place rows found by a query (~4 MB)
 

@@ -289,14 +289,14 @@ def test_idempotent_retry_has_the_same_expiry_across_a_second_boundary(
     """Regression: the first token's iat was taken after the ledger commit and the retry's from the entry's time, so
     a commit that straddled a second boundary gave the retry a token expiring one second earlier."""
     ledger = ledger_of(app)
-    real_write = ledger._write_batch
+    real_write = ledger._appender._write_batch
 
     def slow_commit(batch: Any) -> None:
         real_write(batch)
         now = time.time()
         time.sleep(math.ceil(now) - now + 0.02)  # the commit "finishes" in the next second
 
-    monkeypatch.setattr(ledger, "_write_batch", slow_commit)
+    monkeypatch.setattr(ledger._appender, "_write_batch", slow_commit)
     first = decide(client, keys[Role.AGENT], SEARCH, **{"Idempotency-Key": "exp"})
     monkeypatch.undo()
     again = decide(client, keys[Role.AGENT], SEARCH, **{"Idempotency-Key": "exp"})
@@ -997,7 +997,7 @@ def test_decide_fails_closed_when_the_ledger_cannot_be_written(
     decide(client, agent, SEARCH)  # the key is now cached: this exercises the ledger, not authentication
     ledger = ledger_of(app)
     monkeypatch.setattr(ledger, "_writer", _broken_engine())
-    monkeypatch.setattr(ledger, "_conn", None)
+    monkeypatch.setattr(ledger._appender, "_conn", None)
     response = client.post("/decide", json=SEARCH, headers=auth(agent))
     assert response.status_code == 503
     assert response.json()["error"] == "undecided"

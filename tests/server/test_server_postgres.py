@@ -238,7 +238,7 @@ def test_a_bad_row_does_not_fail_other_requests_in_its_batch(
     """A row PostgreSQL refuses (here NUL in an entry type, which the HTTP API cannot send) fails only its own append:
     the batch it shared is written again one request at a time."""
     ledger = ledger_of(pg_app)
-    real_write = ledger._write_batch
+    real_write = ledger._appender._write_batch
     writing, release = threading.Event(), threading.Event()
     calls = 0
 
@@ -250,7 +250,7 @@ def test_a_bad_row_does_not_fail_other_requests_in_its_batch(
             release.wait(10)
         real_write(batch)
 
-    monkeypatch.setattr(ledger, "_write_batch", held_write)
+    monkeypatch.setattr(ledger._appender, "_write_batch", held_write)
     results: dict[str, int | str] = {}
 
     def send(name: str, body: dict[str, Any]) -> None:
@@ -270,7 +270,7 @@ def test_a_bad_row_does_not_fail_other_requests_in_its_batch(
     for t in others:
         t.start()
     deadline = time.monotonic() + 10
-    while len(ledger._queue) < 2:
+    while len(ledger._appender._queue) < 2:
         assert time.monotonic() < deadline, "the requests never queued"
         time.sleep(0.01)
     release.set()
