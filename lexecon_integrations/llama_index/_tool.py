@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+import inspect
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from llama_index.core.agent.workflow import AgentWorkflow
+from llama_index.core.agent.workflow.base_agent import BaseWorkflowAgent
 from llama_index.core.tools import BaseTool, FunctionTool, ToolMetadata, ToolOutput, adapt_to_async_tool
 from llama_index.core.tools.types import AsyncBaseTool
 
@@ -41,6 +45,8 @@ class GovernedTool(AsyncBaseTool):
         self.guard = guard_for(governor, actor, context, describe)
         context_param = getattr(tool, "ctx_param_name", None) if getattr(tool, "requires_context", False) else None
         self._context_param: str | None = context_param
+        if isinstance(self, GovernedFunctionTool) and isinstance(tool, FunctionTool):
+            self._govern_functions(tool)
 
     @property
     def metadata(self) -> ToolMetadata:
@@ -81,8 +87,43 @@ class GovernedTool(AsyncBaseTool):
         )
 
 
+def _look_like(governed: Callable[..., Any], real: Callable[..., Any]) -> None:
+    """``functools.wraps`` without ``__wrapped__`` (which would hand out the ungoverned function)."""
+    for name in ("__module__", "__name__", "__qualname__", "__doc__"):
+        if hasattr(real, name):
+            setattr(governed, name, getattr(real, name))
+    with contextlib.suppress(TypeError, ValueError):  # a builtin or a callable without one: the generic stays
+        governed.__signature__ = inspect.signature(real)  # type: ignore[attr-defined]
+
+
 class GovernedFunctionTool(GovernedTool, FunctionTool):
     """A governed ``FunctionTool`` (made by ``GovernedTool(function_tool, ...)``); keeps ``requires_context``."""
+
+    def _govern_functions(self, tool: FunctionTool) -> None:
+        """The copy's ``fn``, ``async_fn`` and ``real_fn`` decide too: ``CodeActAgent`` puts ``real_fn`` into the
+        namespace of the code it runs, and other code calls ``tool.fn(...)`` directly. They keep the function's
+        name, signature and docstring (which CodeAct shows the model), raise on a refusal as a function would, and
+        do not expose the raw function as ``__wrapped__``."""
+        raw_fn, raw_async_fn, real = tool.fn, tool.async_fn, tool.real_fn
+
+        def fn(*args: Any, **kwargs: Any) -> Any:
+            verdict = self.guard.check(self.name, self._decided_args(args, kwargs))
+            if verdict.capability is None:
+                raise verdict.exception()
+            with use_capability(verdict.capability):
+                return raw_fn(*args, **kwargs)
+
+        async def async_fn(*args: Any, **kwargs: Any) -> Any:
+            verdict = await self.guard.acheck(self.name, self._decided_args(args, kwargs))
+            if verdict.capability is None:
+                raise verdict.exception()
+            with use_capability(verdict.capability):
+                return await raw_async_fn(*args, **kwargs)
+
+        for governed in (fn, async_fn):
+            _look_like(governed, real)
+        self._fn, self._async_fn = fn, async_fn
+        self._real_fn = async_fn if inspect.iscoroutinefunction(real) else fn
 
 
 def govern_tools(
@@ -96,3 +137,31 @@ def govern_tools(
     """Wrap every tool of a list (one shared guard). Pass the result to ``FunctionAgent(tools=...)``."""
     guard = guard_for(governor, actor, context, describe)
     return [t if isinstance(t, GovernedTool) else GovernedTool(t, guard) for t in tools]
+
+
+def govern_agent(
+    agent: BaseWorkflowAgent | AgentWorkflow,
+    governor: Governor | ToolCallGuard,
+    *,
+    actor: str | None = None,
+    context: Mapping[str, Any] | None = None,
+    describe: CallDescriber | None = None,
+) -> BaseWorkflowAgent | AgentWorkflow:
+    """Govern, in place, every tool of a workflow agent - or of every agent of an ``AgentWorkflow`` - and return it.
+
+    Plain functions in ``tools`` become governed ``FunctionTool``\\ s. A ``CodeActAgent``'s code-execution step (its
+    ``execute`` tool) is decided like any tool, as ``execute`` with the argument ``code``. Raises ``TypeError`` for
+    an agent that picks its tools at run time through a ``tool_retriever``: those cannot be governed in advance.
+    """
+    guard = guard_for(governor, actor, context, describe)
+    agents = list(agent.agents.values()) if isinstance(agent, AgentWorkflow) else [agent]
+    for member in agents:
+        if member.tool_retriever is not None:
+            raise TypeError(
+                f"agent {member.name!r} picks its tools at run time through a tool_retriever, which Lexecon cannot "
+                "govern in advance; give it tools from govern_tools(...) instead"
+            )
+    for member in agents:
+        tools = [t if isinstance(t, BaseTool) else FunctionTool.from_defaults(t) for t in member.tools or []]
+        member.tools = govern_tools(tools, guard)  # type: ignore[assignment]  # list invariance: GovernedTool is one
+    return agent

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -36,6 +37,7 @@ from lexecon_core import (
 )
 from lexecon_core._canonical import args_digest
 from lexecon_integrations.llama_index import GovernedTool, govern_tools
+from tests.conftest import TEST_POLICY
 
 ACTOR = "ai_agent:test_bot"
 
@@ -555,3 +557,135 @@ def test_function_agent_passes_the_context_to_a_governed_context_tool(governor: 
     verify_token(
         rec.capabilities[0].token, keys=governor.public_keys, tool="search", args={"q": "x"}, replay_cache=None
     )
+
+
+# -- every callable a governed FunctionTool hands out decides (CodeActAgent reads real_fn) ----------------------------
+
+
+@pytest.mark.parametrize("attribute", ["fn", "async_fn", "real_fn"])
+def test_the_functions_of_a_governed_function_tool_decide(
+    governor: LocalGovernor, rec: Recorder, attribute: str
+) -> None:
+    from lexecon_core import GovernanceDenied
+
+    search, delete_user, refund = govern_tools([rec.search, rec.delete_user, rec.refund], governor, actor=ACTOR)
+
+    def call(tool: GovernedTool, **kwargs: Any) -> Any:
+        function = getattr(tool, attribute)
+        result = function(**kwargs)
+        return asyncio.run(result) if asyncio.iscoroutine(result) else result
+
+    assert call(search, q="x") == "results for x"
+    assert call(refund, order_id=1, amount_cents=5) == "refunded 5 on order 1"
+    with pytest.raises(GovernanceDenied, match="delete_user"):
+        call(delete_user, user_id=3)
+    assert rec.calls == [("search", {"q": "x"}), ("refund", {"order_id": 1, "amount_cents": 5})]
+    assert [c.tool for c in rec.capabilities] == ["search", "refund"]  # each body ran under its own decision
+    assert outcomes(governor) == [("search", "approved"), ("refund", "approved"), ("delete_user", "denied")]
+    for governed, raw in ((search, rec.search), (refund, rec.refund)):
+        function = getattr(governed, attribute)
+        assert not hasattr(function, "__wrapped__")  # the raw function is not handed out
+        assert function.__name__ == raw.real_fn.__name__ and function.__doc__ == raw.real_fn.__doc__
+        assert inspect.signature(function) == inspect.signature(raw.real_fn)
+    assert inspect.iscoroutinefunction(refund.real_fn) and not inspect.iscoroutinefunction(search.real_fn)
+
+
+class ScriptedCodeActLLM(CustomLLM):
+    """Answers CodeAct's n-th step with the n-th script entry (text with an <execute> block, then a final answer)."""
+
+    script: list[str]
+    step: int = 0
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        return LLMMetadata(is_chat_model=False, is_function_calling_model=False)
+
+    def _next(self) -> str:
+        text = self.script[min(self.step, len(self.script) - 1)]
+        self.step += 1
+        return text
+
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return CompletionResponse(text=self._next())
+
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        text = self._next()
+
+        def gen() -> CompletionResponseGen:
+            yield CompletionResponse(text=text, delta=text)
+
+        return gen()
+
+
+CODE_ACT_POLICY = TEST_POLICY.replace(
+    "relations:",
+    "  - {term_id: execute, term_type: tool, value: execute}\nrelations:\n"
+    "  - {relation_type: permits, source_term_id: agents, target_term_id: execute}",
+)
+
+
+def test_code_act_agent_code_calls_governed_functions_and_its_execute_step_is_decided(home: Any, rec: Recorder) -> None:
+    from llama_index.core.agent.workflow import CodeActAgent
+
+    from lexecon_core.policy import parse_policy_text
+    from lexecon_integrations.llama_index import govern_agent
+
+    namespace: dict[str, Any] = {}
+
+    async def code_execute_fn(code: str) -> dict[str, Any]:
+        try:
+            exec(code, namespace)
+        except Exception as exc:  # the generated code sees a refusal as an exception, like any failing call
+            return {"output": f"{type(exc).__name__}: {exc}"}
+        return {"output": str(namespace.get("result"))}
+
+    script = [
+        "<execute>\nresult = search(q='policy')\n</execute>",
+        "<execute>\nresult = delete_user(user_id=9)\n</execute>",
+        "All done.",
+    ]
+    with LocalGovernor(home, policy=parse_policy_text(CODE_ACT_POLICY, source="codeact.yaml")) as governor:
+        agent = CodeActAgent(
+            code_execute_fn=code_execute_fn,
+            tools=[rec.search, rec.delete_user],
+            llm=ScriptedCodeActLLM(script=script),
+        )
+        govern_agent(agent, governor, actor=ACTOR)
+        # The executor's namespace is built from the governed tools, as docs/integrations.md says to do.
+        namespace.update({t.metadata.name: t.real_fn for t in agent.tools if t.metadata.name != "execute"})
+
+        async def main() -> list[ToolCallResult]:
+            handler = agent.run("Check the policy, then delete user 9.")
+            results = [ev async for ev in handler.stream_events() if isinstance(ev, ToolCallResult)]
+            await handler
+            return results
+
+        results = asyncio.run(main())
+        assert [r.tool_name for r in results] == ["execute", "execute"]
+        assert "GovernanceDenied" in results[1].tool_output.content and "delete_user" in results[1].tool_output.content
+        assert rec.calls == [("search", {"q": "policy"})]  # delete_user's body never ran
+        assert outcomes(governor) == [
+            ("execute", "approved"),
+            ("search", "approved"),
+            ("execute", "approved"),
+            ("delete_user", "denied"),
+        ]
+        assert decisions(governor)[0]["request"]["tool"] == "execute"
+        assert governor.verify_ledger().valid
+
+
+def test_govern_agent_refuses_a_tool_retriever_and_governs_a_workflow(governor: LocalGovernor, rec: Recorder) -> None:
+    from llama_index.core.agent.workflow import AgentWorkflow
+
+    from lexecon_integrations.llama_index import govern_agent
+
+    picky = FunctionAgent(tools=[], llm=MockFunctionCallingLLM())
+    picky.__dict__["tool_retriever"] = object()  # any retriever: what it would return is unknown in advance
+    with pytest.raises(TypeError, match="tool_retriever"):
+        govern_agent(picky, governor, actor=ACTOR)
+    llm = MockFunctionCallingLLM()
+    first = FunctionAgent(name="first", description="d", tools=[rec.search], llm=llm, can_handoff_to=["second"])
+    second = FunctionAgent(name="second", description="d", tools=[rec.delete_user], llm=llm)
+    workflow = AgentWorkflow(agents=[first, second], root_agent="first")
+    assert govern_agent(workflow, governor, actor=ACTOR) is workflow
+    assert all(isinstance(t, GovernedTool) for a in (first, second) for t in a.tools or [])
