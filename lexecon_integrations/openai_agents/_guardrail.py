@@ -119,43 +119,93 @@ def govern_tools(
             name = getattr(tool, "name", type(tool).__name__)
             raise TypeError(f"tool {name!r} is not a function tool; Lexecon guardrails cannot govern it")
         existing = [g for g in (tool.tool_input_guardrails or []) if g.get_name() != _GUARDRAIL_NAME]
-        governed.append(
-            dataclasses.replace(
-                tool,
-                tool_input_guardrails=[*existing, guardrail],
-                on_invoke_tool=_bound_invoke(tool.name, tool.on_invoke_tool),
-            )
+        copy = dataclasses.replace(
+            tool,
+            tool_input_guardrails=[*existing, guardrail],
+            on_invoke_tool=_bound_invoke(tool.name, tool.on_invoke_tool),
         )
+        # What the SDK sets on a tool besides its fields (an agent tool's agent, its identity) stays with the copy.
+        fields = {f.name for f in dataclasses.fields(tool)}
+        for name, value in vars(tool).items():
+            if name not in fields:
+                setattr(copy, name, value)
+        governed.append(copy)
     return governed
 
 
 def govern_agent(agent: Agent[Any], governor: Governor | ToolCallGuard, **options: Any) -> Agent[Any]:
-    """A clone of ``agent`` whose tools are all governed (see :func:`govern_tools`), and so are the tools of every
-    agent it can hand off to (handoff cycles included). Raises ``TypeError`` where a tool would escape governance:
-    an agent with MCP servers (their tools appear only at run time) or a custom ``Handoff`` object."""
+    """A clone of ``agent`` whose tools are all governed (see :func:`govern_tools`), and so is every agent it can
+    reach: the agents it hands off to (cloned) and the agents it exposes with ``Agent.as_tool`` (governed **in
+    place**: the SDK's agent tool runs that very object), each once, cycles included. MCP servers get the Lexecon
+    guardrail in their ``tool_input_guardrails`` (in place: a server is a shared connection), which the SDK copies
+    onto every tool the server lists. Raises ``TypeError`` where something would escape governance: a custom
+    ``Handoff`` object, an agent tool whose agent the SDK does not expose, or an MCP server without guardrail
+    support."""
     guard = guard_for(governor, options.pop("actor", None), options.pop("context", None), options.pop("describe", None))
-    return _govern_agent(agent, guard, options, {})
+    return _Governing(guard, options).clone(agent)
 
 
-def _govern_agent(
-    agent: Agent[Any], guard: ToolCallGuard, options: dict[str, Any], done: dict[int, Agent[Any]]
-) -> Agent[Any]:
-    if id(agent) in done:
-        return done[id(agent)]
-    if agent.mcp_servers:
-        raise TypeError(
-            f"agent {agent.name!r} uses MCP servers, whose tools Lexecon cannot govern through function-tool "
-            "guardrails; expose them as function tools"
-        )
-    governed = agent.clone(tools=govern_tools(agent.tools, guard, **options), handoffs=[])
-    done[id(agent)] = governed  # before recursing, so a handoff cycle ends here
-    handoffs: list[Any] = []
-    for target in agent.handoffs:
-        if not isinstance(target, Agent):
+class _Governing:
+    """One govern_agent call: what was cloned and what was governed in place so far (each agent once)."""
+
+    def __init__(self, guard: ToolCallGuard, options: dict[str, Any]) -> None:
+        self.guard, self.options = guard, options
+        self.guardrail = lexecon_tool_guardrail(guard, **options)
+        self.cloned: dict[int, Agent[Any]] = {}
+        self.in_place: set[int] = set()
+
+    def clone(self, agent: Agent[Any]) -> Agent[Any]:
+        if id(agent) in self.cloned:
+            return self.cloned[id(agent)]
+        governed = agent.clone(tools=[], handoffs=[])
+        # Before recursing, so a handoff cycle ends here; and under its own id, since an agent governed in place
+        # may already hand off to it.
+        self.cloned[id(agent)] = self.cloned[id(governed)] = governed
+        self._govern(agent, governed)
+        return governed
+
+    def in_place_(self, agent: Agent[Any]) -> None:
+        if id(agent) in self.in_place:
+            return
+        self.in_place.add(id(agent))
+        self._govern(agent, agent)
+
+    def _govern(self, source: Agent[Any], target: Agent[Any]) -> None:
+        for server in source.mcp_servers:
+            self._govern_server(source, server)
+        for tool in source.tools:
+            inner = _agent_of(source, tool)
+            if inner is not None:
+                self.in_place_(inner)
+        tools = govern_tools(source.tools, self.guard, **self.options)
+        handoffs: list[Any] = []
+        for handoff in source.handoffs:
+            if not isinstance(handoff, Agent):
+                raise TypeError(
+                    f"agent {source.name!r} has a custom handoff {getattr(handoff, 'tool_name', handoff)!r} whose "
+                    "agent Lexecon cannot govern in advance; hand off to Agent objects"
+                )
+            handoffs.append(self.clone(handoff))
+        target.tools, target.handoffs = list(tools), handoffs
+
+    def _govern_server(self, agent: Agent[Any], server: Any) -> None:
+        if not hasattr(server, "tool_input_guardrails"):
             raise TypeError(
-                f"agent {agent.name!r} has a custom handoff {getattr(target, 'tool_name', target)!r} whose agent "
-                "Lexecon cannot govern in advance; hand off to Agent objects"
+                f"agent {agent.name!r} uses MCP server {getattr(server, 'name', server)!r}, which takes no tool "
+                "guardrails in this SDK version; Lexecon cannot govern its tools"
             )
-        handoffs.append(_govern_agent(target, guard, options, done))
-    governed.handoffs = handoffs
-    return governed
+        existing = [g for g in (server.tool_input_guardrails or []) if g.get_name() != _GUARDRAIL_NAME]
+        server.tool_input_guardrails = [*existing, self.guardrail]
+
+
+def _agent_of(owner: Agent[Any], tool: Any) -> Agent[Any] | None:
+    """The agent behind an ``Agent.as_tool`` tool, or None for any other tool."""
+    if not getattr(tool, "_is_agent_tool", False):
+        return None
+    inner = getattr(tool, "_agent_instance", None)
+    if not isinstance(inner, Agent):
+        raise TypeError(
+            f"agent {owner.name!r} has agent tool {getattr(tool, 'name', tool)!r} whose agent this SDK version does "
+            "not expose; Lexecon cannot govern that agent's tools"
+        )
+    return inner

@@ -536,3 +536,150 @@ def test_govern_agent_follows_handoff_cycles_and_leaves_originals(governor: Loca
     assert all(t.tool_input_guardrails for t in governed.tools + governed_second.tools)
     assert not rec.delete_user.tool_input_guardrails  # originals untouched
     assert first.handoffs == [second] and second.handoffs == [first]
+
+
+# -- every agent a governed agent can reach: agents as tools, cycles, MCP servers -----------------------------------
+
+REACH_POLICY = """
+name: reach
+mode: strict
+terms:
+  - {term_id: agents, term_type: actor, value: "ai_agent:*"}
+  - {term_id: allowed, term_type: tool, value: "search*"}
+  - {term_id: ask, term_type: tool, value: "ask_*"}
+  - {term_id: deletes, term_type: tool, value: "delete_*"}
+relations:
+  - {relation_type: permits, source_term_id: agents, target_term_id: allowed}
+  - {relation_type: permits, source_term_id: agents, target_term_id: ask}
+  - {relation_type: forbids, source_term_id: agents, target_term_id: deletes}
+"""
+
+
+@pytest.fixture
+def reach_governor(home: Any) -> Any:
+    from lexecon_core.policy import parse_policy_text
+
+    with LocalGovernor(home, policy=parse_policy_text(REACH_POLICY, source="reach.yaml")) as gov:
+        yield gov
+
+
+def test_an_agent_exposed_as_a_tool_runs_its_own_tools_governed(reach_governor: LocalGovernor, rec: Recorder) -> None:
+    sub = Agent(
+        name="sub",
+        model=ScriptedModel(
+            [call("delete_user", {"user_id": 4}, "s1")], [call("search", {"q": "y"}, "s2")], "sub done"
+        ),
+        tools=[rec.delete_user, rec.search],
+    )
+    parent = Agent(
+        name="parent",
+        model=ScriptedModel([call("ask_sub", {"input": "clean up"}, "p1")], "parent done"),
+        tools=[sub.as_tool(tool_name="ask_sub", tool_description="Ask the sub-agent.")],
+    )
+    result = Runner.run_sync(govern_agent(parent, reach_governor, actor=ACTOR), "go")
+    assert result.final_output == "parent done"
+    assert rec.ran("delete_user") == 0 and rec.ran("search") == 1  # the sub-agent's forbidden tool never ran
+    assert [(d["request"]["tool"], d["outcome"]) for d in decisions(reach_governor)] == [
+        ("ask_sub", "approved"),
+        ("delete_user", "denied"),
+        ("search", "approved"),
+    ]
+    assert all(g.get_name() == "lexecon" for t in sub.tools for g in t.tool_input_guardrails)  # governed in place
+    assert reach_governor.verify_ledger().valid
+
+
+def test_govern_agent_reaches_agents_as_tools_through_cycles_once_each(
+    reach_governor: LocalGovernor, rec: Recorder
+) -> None:
+    inner = Agent(name="inner", tools=[rec.delete_user])
+    sub = Agent(name="sub", tools=[rec.search, inner.as_tool(tool_name="ask_inner", tool_description="d")])
+    parent = Agent(name="parent", tools=[sub.as_tool(tool_name="ask_sub", tool_description="d")], handoffs=[sub])
+    sub.handoffs = [parent]  # a cycle through a handoff
+    inner.tools.append(sub.as_tool(tool_name="ask_sub_again", tool_description="d"))  # and through agent tools
+    governed = govern_agent(parent, reach_governor, actor=ACTOR)
+    for agent in (inner, sub):  # reached as tools: governed in place, each tool once
+        assert all([g.get_name() for g in t.tool_input_guardrails] == ["lexecon"] for t in agent.tools)
+    assert governed.handoffs[0].handoffs[0] is governed  # the handoff cycle closes on the clone
+    assert [t.name for t in governed.tools] == ["ask_sub"]
+    assert getattr(governed.tools[0], "_agent_instance", None) is sub  # the SDK's agent tool keeps its agent
+
+
+def test_an_agent_tool_whose_agent_is_hidden_is_refused(reach_governor: LocalGovernor, rec: Recorder) -> None:
+    hidden = Agent(name="sub", tools=[rec.delete_user]).as_tool(tool_name="ask_sub", tool_description="d")
+    del hidden._agent_instance  # type: ignore[attr-defined]  # as an SDK version that does not expose it
+    with pytest.raises(TypeError, match="cannot govern"):
+        govern_agent(Agent(name="parent", tools=[hidden]), reach_governor, actor=ACTOR)
+
+
+MCP_SERVER = """
+import sys
+from pathlib import Path
+
+from mcp.server.mcpserver import MCPServer
+
+marker = Path(sys.argv[1])
+server = MCPServer("records")
+
+
+@server.tool()
+def search_docs(query: str) -> str:
+    \"\"\"Search the documentation.\"\"\"
+    return f"docs about {query}"
+
+
+@server.tool()
+def delete_records(table: str) -> str:
+    \"\"\"Delete every record of a table.\"\"\"
+    with marker.open("a") as handle:
+        handle.write(table + "\\n")
+    return "deleted"
+
+
+server.run("stdio")
+"""
+
+
+def mcp_scenario(script: Any, marker: Any, model: ScriptedModel, govern: Any) -> Any:
+    import sys
+
+    from agents.mcp import MCPServerStdio
+
+    async def scenario() -> Any:
+        params = {"command": sys.executable, "args": [str(script), str(marker)]}
+        async with MCPServerStdio(params=params, name="records", client_session_timeout_seconds=30) as server:
+            return await Runner.run(govern(Agent(name="bot", model=model, mcp_servers=[server])), "go")
+
+    return asyncio.run(scenario())
+
+
+def test_an_ungoverned_mcp_server_runs_the_forbidden_tool(tmp_path: Any) -> None:
+    """Control for the test below: without Lexecon the forbidden handler does run (so its absence there means it)."""
+    pytest.importorskip("mcp.server.mcpserver")
+    script, marker = tmp_path / "server.py", tmp_path / "deleted.txt"
+    script.write_text(MCP_SERVER)
+    model = ScriptedModel([call("delete_records", {"table": "users"}, "m1")], "done")
+    assert mcp_scenario(script, marker, model, lambda agent: agent).final_output == "done"
+    assert marker.read_text() == "users\n"
+
+
+def test_mcp_server_tools_are_governed_in_the_server_process(
+    reach_governor: LocalGovernor, rec: Recorder, tmp_path: Any
+) -> None:
+    pytest.importorskip("mcp.server.mcpserver")
+    script, marker = tmp_path / "server.py", tmp_path / "deleted.txt"
+    script.write_text(MCP_SERVER)
+    model = ScriptedModel(
+        [call("search_docs", {"query": "refunds"}, "m1")], [call("delete_records", {"table": "users"}, "m2")], "done"
+    )
+    result = mcp_scenario(script, marker, model, lambda agent: govern_agent(agent, reach_governor, actor=ACTOR))
+    assert result.final_output == "done"
+    assert not marker.exists()  # delete_records' handler never ran inside the MCP server
+    outputs = [
+        json.dumps(i) for i in model.inputs[-1] if isinstance(i, dict) and i.get("type") == "function_call_output"
+    ]
+    assert any("docs about refunds" in o for o in outputs)  # the allowed MCP tool ran and answered
+    assert any("Lexecon denied tool 'delete_records'" in o for o in outputs)
+    assert [(d["request"]["tool"], d["outcome"]) for d in decisions(reach_governor)] == [
+        ("search_docs", "approved"),
+        ("delete_records", "denied"),
+    ]
