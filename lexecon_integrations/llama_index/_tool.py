@@ -41,6 +41,7 @@ class GovernedTool(AsyncBaseTool):
     ) -> None:
         if isinstance(self, FunctionTool):
             self.__dict__.update(tool.__dict__)  # FunctionTool's own state: context parameter, schema, callbacks
+        self.wrapped = tool  # the tool as given: re-governing (another actor) wraps it, not this copy
         self.tool = adapt_to_async_tool(tool)
         self.guard = guard_for(governor, actor, context, describe)
         context_param = getattr(tool, "ctx_param_name", None) if getattr(tool, "requires_context", False) else None
@@ -134,9 +135,10 @@ def govern_tools(
     context: Mapping[str, Any] | None = None,
     describe: CallDescriber | None = None,
 ) -> list[GovernedTool]:
-    """Wrap every tool of a list (one shared guard). Pass the result to ``FunctionAgent(tools=...)``."""
+    """Wrap every tool of a list (one shared guard). Pass the result to ``FunctionAgent(tools=...)``. A tool that is
+    already governed is governed afresh from the tool it wraps, for this call's actor (never wrapped twice)."""
     guard = guard_for(governor, actor, context, describe)
-    return [t if isinstance(t, GovernedTool) else GovernedTool(t, guard) for t in tools]
+    return [GovernedTool(t.wrapped if isinstance(t, GovernedTool) else t, guard) for t in tools]
 
 
 def govern_agent(
@@ -149,7 +151,7 @@ def govern_agent(
 ) -> BaseWorkflowAgent | AgentWorkflow:
     """Govern, in place, every tool of a workflow agent - or of every agent of an ``AgentWorkflow`` - and return it.
 
-    Plain functions in ``tools`` become governed ``FunctionTool``\\ s. A ``CodeActAgent``'s code-execution step (its
+    Plain functions in ``tools`` become governed ``FunctionTool`` objects. A ``CodeActAgent``'s code-execution step (its
     ``execute`` tool) is decided like any tool, as ``execute`` with the argument ``code``. Raises ``TypeError`` for
     an agent that picks its tools at run time through a ``tool_retriever``: those cannot be governed in advance.
     """

@@ -95,6 +95,7 @@ def _bound_invoke(
         with use_capability(capability):
             return await invoke(ctx, raw_arguments)
 
+    invoke_governed.lexecon_inner = invoke  # type: ignore[attr-defined]  # re-governing binds the body, not this
     return invoke_governed
 
 
@@ -122,7 +123,7 @@ def govern_tools(
         copy = dataclasses.replace(
             tool,
             tool_input_guardrails=[*existing, guardrail],
-            on_invoke_tool=_bound_invoke(tool.name, tool.on_invoke_tool),
+            on_invoke_tool=_bound_invoke(tool.name, getattr(tool.on_invoke_tool, "lexecon_inner", tool.on_invoke_tool)),
         )
         # What the SDK sets on a tool besides its fields (an agent tool's agent, its identity) stays with the copy.
         fields = {f.name for f in dataclasses.fields(tool)}

@@ -322,3 +322,58 @@ def test_adapters_require_an_actor(governor: LocalGovernor) -> None:
         LexeconMiddleware(governor)
     with pytest.raises(TypeError, match="Governor"):
         LexeconCallbackHandler(object(), actor=ACTOR)  # type: ignore[arg-type]
+
+
+# -- governing must not change how allowed tools behave ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("own_setting", [False, True, "it broke", None])
+def test_govern_tool_leaves_the_tools_own_errors_as_they_were(governor: LocalGovernor, own_setting: Any) -> None:
+    from langchain_core.tools import StructuredTool, ToolException
+
+    def search(q: str) -> str:
+        """Search."""
+        raise ToolException(f"backend down for {q}")
+
+    raw = StructuredTool.from_function(search)
+    if own_setting is not None:
+        raw.handle_tool_error = own_setting
+    governed = govern_tool(raw, governor, actor=ACTOR)
+    call = {"type": "tool_call", "name": "search", "args": {"q": "x"}, "id": "c1"}
+    outcomes = []
+    for candidate in (raw, governed):
+        try:
+            message = candidate.invoke(call)
+            outcomes.append((message.status, message.content))
+        except ToolException as exc:
+            outcomes.append(("raised", str(exc)))
+    assert outcomes[1] == outcomes[0]  # exactly as ungoverned: raised, or handled by the tool's own setting
+    assert decisions(governor)[0]["outcome"] == "approved"
+    denied = govern_tool(StructuredTool.from_function(search, name="delete_x"), governor, actor=ACTOR)
+    message = denied.invoke({**call, "name": "delete_x"})
+    assert message.status == "error" and "Lexecon denied tool 'delete_x'" in message.content  # denials: a message
+
+
+def test_a_sync_call_of_an_async_only_tool_is_refused_before_any_decision(governor: LocalGovernor) -> None:
+    from langchain_core.tools import StructuredTool
+
+    async def search(q: str) -> str:
+        """Search."""
+        return f"results for {q}"
+
+    governed = govern_tool(StructuredTool.from_function(coroutine=search), governor, actor=ACTOR)
+    with pytest.raises(NotImplementedError, match="async-only"):
+        governed.invoke({"q": "x"})
+    assert decisions(governor) == []  # no approval (and no token) for a call that could not run
+    assert asyncio.run(governed.ainvoke({"q": "y"})) == "results for y"
+    assert [d["outcome"] for d in decisions(governor)] == ["approved"]
+
+
+def test_a_tool_governed_again_for_another_actor_decides_once_as_that_actor(
+    governor: LocalGovernor, rec: Recorder
+) -> None:
+    first = govern_tool(rec.search, governor, actor=ACTOR)
+    second = govern_tool(first, governor, actor="ai_agent:other")
+    assert type(second) is type(first)  # not a governed copy of a governed copy
+    assert second.invoke({"q": "a"}) == "results for a" and first.invoke({"q": "b"}) == "results for b"
+    assert [d["request"]["actor"] for d in decisions(governor)] == ["ai_agent:other", ACTOR]

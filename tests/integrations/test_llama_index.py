@@ -339,10 +339,11 @@ def test_govern_tools_keeps_metadata_and_does_not_double_wrap(governor: LocalGov
     assert len({id(t.guard) for t in governed}) == 1  # one shared guard
 
     again = govern_tools([*governed, rec.delete_user], governor, actor="ai_agent:other")
-    assert again[:4] == governed  # already governed: the same objects, not wrapped twice
-    assert all(a is g for a, g in zip(again, governed, strict=False))
+    # already governed: governed afresh for the new actor from the tool it wraps, never wrapped twice
+    assert all(a is not g and a.wrapped is g.wrapped for a, g in zip(again, governed, strict=False))
     assert again[4] is not governed[2] and again[4].tool is rec.delete_user
-    assert not isinstance(again[0].tool, GovernedTool)
+    assert not any(isinstance(t.tool, GovernedTool) or isinstance(t.wrapped, GovernedTool) for t in again)
+    assert {t.guard.actor for t in again} == {"ai_agent:other"} and {t.guard.actor for t in governed} == {ACTOR}
 
     # the originals are untouched: still plain, ungoverned tools with their own metadata
     assert [(t.metadata.name, t.metadata.description, t.metadata.fn_schema) for t in originals] == before
@@ -689,3 +690,13 @@ def test_govern_agent_refuses_a_tool_retriever_and_governs_a_workflow(governor: 
     workflow = AgentWorkflow(agents=[first, second], root_agent="first")
     assert govern_agent(workflow, governor, actor=ACTOR) is workflow
     assert all(isinstance(t, GovernedTool) for a in (first, second) for t in a.tools or [])
+
+
+def test_a_tool_governed_for_one_actor_and_governed_again_decides_as_the_second(
+    governor: LocalGovernor, rec: Recorder
+) -> None:
+    (first,) = govern_tools([rec.search], governor, actor=ACTOR)
+    (second,) = govern_tools([first], governor, actor="ai_agent:other")
+    assert second.call(q="x").content == "results for x"
+    assert first.call(q="y").content == "results for y"
+    assert [d["request"]["actor"] for d in decisions(governor)] == ["ai_agent:other", ACTOR]  # one decision each

@@ -683,3 +683,13 @@ def test_mcp_server_tools_are_governed_in_the_server_process(
         ("search_docs", "approved"),
         ("delete_records", "denied"),
     ]
+
+
+def test_a_tool_governed_again_for_another_actor_decides_as_that_actor(governor: LocalGovernor, rec: Recorder) -> None:
+    (first,) = govern_tools([rec.search], governor, actor=ACTOR)
+    (second,) = govern_tools([first], governor, actor="ai_agent:other")
+    assert second.on_invoke_tool.lexecon_inner is rec.search.on_invoke_tool  # type: ignore[attr-defined]  # bound once
+    model = ScriptedModel([call("search", {"q": "x"}, "c1")], "ok")
+    assert Runner.run_sync(Agent(name="bot", model=model, tools=[second]), "go").final_output == "ok"
+    assert rec.ran("search") == 1
+    assert [d["request"]["actor"] for d in decisions(governor)] == ["ai_agent:other"]
