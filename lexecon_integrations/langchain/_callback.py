@@ -23,6 +23,11 @@ class LexeconCallbackHandler(BaseCallbackHandler):
     ``on_tool_start`` and runs the tool anyway. It runs inline on async paths too (``run_inline``), so the exception
     reaches the caller and the capability is visible to the tool; the decision itself then blocks the event loop
     for about half a millisecond. For fully async agents prefer :class:`LexeconMiddleware`.
+
+    A callback cannot turn a call into a message: a denial ends the whole agent run (``create_agent``, LangGraph's
+    ``create_react_agent`` and ``ToolNode`` alike), the model never learns why, and LangChain logs "Error in
+    LexeconCallbackHandler.on_tool_start callback". Where the model should read the denial and go on, use
+    :class:`LexeconMiddleware` or ``govern_tools``.
     """
 
     raise_error = True
