@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Literal
 
@@ -56,7 +58,12 @@ def lexecon_tool_guardrail(
     """
     if on_deny not in ("reject", "raise"):
         raise ValueError("on_deny must be 'reject' or 'raise'")
-    guard = guard_for(governor, actor, context, describe)
+    return _guardrail(guard_for(governor, actor, context, describe), on_deny, None)
+
+
+def _guardrail(guard: ToolCallGuard, on_deny: OnDeny, approved: _ApprovedCalls | None) -> ToolInputGuardrail[Any]:
+    """The guardrail; with ``approved`` (shared with the bound tool bodies of :func:`govern_tools`), a call checked
+    again before its body ran reuses its decision."""
 
     @tool_input_guardrail(name=_GUARDRAIL_NAME)
     async def lexecon_guardrail(data: ToolInputGuardrailData) -> ToolGuardrailFunctionOutput:
@@ -67,7 +74,13 @@ def lexecon_tool_guardrail(
             verdict = Verdict(name, False, f"Lexecon refused tool '{name}': unreadable arguments ({exc})",
                               error=GovernanceError(f"unreadable arguments for tool {name!r}"))  # fmt: skip
         else:
-            verdict = await guard.acheck(name, args)
+            # The SDK may run the guardrail twice for one call (before a human approval and again after it, with
+            # pre_approval_tool_input_guardrails): one call is one decision while its body has not run and its
+            # capability still covers it. The bound body ends the reuse (see _bound_invoke).
+            call_id = data.context.tool_call_id
+            verdict = (approved and approved.get(call_id, name, args)) or await guard.acheck(name, args)
+            if approved is not None:
+                approved.put(call_id, verdict)
         # The SDK starts the tool body in a task created after this returns, so it inherits this context.
         enter_capability(verdict.capability)
         if verdict.allowed:
@@ -79,12 +92,46 @@ def lexecon_tool_guardrail(
     return lexecon_guardrail
 
 
+class _ApprovedCalls:
+    """Approved verdicts by tool call id, until the call's body runs and only while their capability covers the
+    call (tool, exact arguments, not expired). Bounded: the oldest go first."""
+
+    _SIZE = 1024
+
+    def __init__(self) -> None:
+        self._verdicts: OrderedDict[str, Verdict] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, call_id: str | None, tool: str, args: Mapping[str, Any]) -> Verdict | None:
+        with self._lock:
+            verdict = self._verdicts.get(call_id) if call_id else None
+        if verdict is None or capability_mismatch(verdict.capability, tool, args) is not None:
+            return None
+        return verdict
+
+    def put(self, call_id: str | None, verdict: Verdict) -> None:
+        if not call_id or verdict.capability is None:
+            return
+        with self._lock:
+            self._verdicts[call_id] = verdict
+            self._verdicts.move_to_end(call_id)
+            while len(self._verdicts) > self._SIZE:
+                self._verdicts.popitem(last=False)
+
+    def ran(self, call_id: str | None) -> None:
+        """The call's body is running: a later check of the same call id is a new call, decided afresh."""
+        if call_id:
+            with self._lock:
+                self._verdicts.pop(call_id, None)
+
+
 def _bound_invoke(
-    name: str, invoke: Callable[[ToolContext[Any], str], Awaitable[Any]]
+    name: str, invoke: Callable[[ToolContext[Any], str], Awaitable[Any]], approved: _ApprovedCalls
 ) -> Callable[[ToolContext[Any], str], Awaitable[Any]]:
     """Run the tool body only if the current capability covers exactly this call."""
 
     async def invoke_governed(ctx: ToolContext[Any], raw_arguments: str) -> Any:
+        approved.ran(getattr(ctx, "tool_call_id", None))
         capability = current_capability()
         try:
             problem = capability_mismatch(capability, name, _parse_arguments(raw_arguments))
@@ -113,7 +160,10 @@ def govern_tools(
     Raises ``TypeError`` for a tool a function-tool guardrail cannot cover (hosted tools such as web search), so
     none is silently ungoverned. The original tools are not modified.
     """
-    guardrail = lexecon_tool_guardrail(governor, actor=actor, context=context, describe=describe, on_deny=on_deny)
+    if on_deny not in ("reject", "raise"):
+        raise ValueError("on_deny must be 'reject' or 'raise'")
+    approved = _ApprovedCalls()
+    guardrail = _guardrail(guard_for(governor, actor, context, describe), on_deny, approved)
     governed: list[FunctionTool] = []
     for tool in tools:
         if not isinstance(tool, FunctionTool):
@@ -123,7 +173,9 @@ def govern_tools(
         copy = dataclasses.replace(
             tool,
             tool_input_guardrails=[*existing, guardrail],
-            on_invoke_tool=_bound_invoke(tool.name, getattr(tool.on_invoke_tool, "lexecon_inner", tool.on_invoke_tool)),
+            on_invoke_tool=_bound_invoke(
+                tool.name, getattr(tool.on_invoke_tool, "lexecon_inner", tool.on_invoke_tool), approved
+            ),
         )
         # What the SDK sets on a tool besides its fields (an agent tool's agent, its identity) stays with the copy.
         fields = {f.name for f in dataclasses.fields(tool)}

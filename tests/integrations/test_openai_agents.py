@@ -693,3 +693,36 @@ def test_a_tool_governed_again_for_another_actor_decides_as_that_actor(governor:
     assert Runner.run_sync(Agent(name="bot", model=model, tools=[second]), "go").final_output == "ok"
     assert rec.ran("search") == 1
     assert [d["request"]["actor"] for d in decisions(governor)] == ["ai_agent:other"]
+
+
+def test_one_decision_per_call_when_guardrails_also_run_before_a_human_approval(
+    governor: LocalGovernor, rec: Recorder
+) -> None:
+    from agents import RunConfig, ToolExecutionConfig
+
+    (search,) = govern_tools([dataclasses.replace(rec.search, needs_approval=True)], governor, actor=ACTOR)
+    agent = Agent(name="bot", model=ScriptedModel([call("search", {"q": "x"}, "c1")], "ok"), tools=[search])
+    config = RunConfig(tool_execution=ToolExecutionConfig(pre_approval_tool_input_guardrails=True))
+
+    async def scenario() -> Any:
+        paused = await Runner.run(agent, "go", run_config=config)
+        assert paused.interruptions and rec.ran("search") == 0  # waits for the human
+        state = paused.to_state()
+        for item in state.get_interruptions():
+            state.approve(item)
+        return await Runner.run(agent, state, run_config=config)
+
+    assert asyncio.run(scenario()).final_output == "ok"
+    assert rec.ran("search") == 1
+    assert [d["outcome"] for d in decisions(governor)] == ["approved"]  # checked twice, decided once
+    assert rec.calls[0][2] is not None and rec.calls[0][2].decision_id == decisions(governor)[0]["decision_id"]
+
+
+def test_a_call_id_seen_again_after_its_body_ran_is_a_new_decision(governor: LocalGovernor, rec: Recorder) -> None:
+    (search,) = govern_tools([rec.search], governor, actor=ACTOR)
+    for _ in range(2):  # a model that repeats call ids: each call still gets its own decision and entry
+        model = ScriptedModel([call("search", {"q": "x"}, "same_id")], "ok")
+        assert Runner.run_sync(Agent(name="bot", model=model, tools=[search]), "go").final_output == "ok"
+    assert rec.ran("search") == 2
+    assert [d["outcome"] for d in decisions(governor)] == ["approved", "approved"]
+    assert len({c.decision_id for _, _, c in rec.calls}) == 2
