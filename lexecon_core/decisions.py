@@ -8,6 +8,7 @@ no approval exists.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import threading
 import uuid
@@ -16,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lexecon_core._canonical import args_digest, ledger_safe
 from lexecon_core.config import Settings
@@ -59,6 +60,12 @@ class DecisionRequest(BaseModel):
     )
     policy_mode: PolicyMode | None = Field(default=None, description="may tighten the node's mode, never loosen it")
     context: dict[str, Any] = Field(default_factory=dict)
+    unbindable_args: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="set (with empty tool_args) by a client whose arguments cannot be sent or hashed: why. The call "
+        "is then denied, and recorded so that the attempt is seen",
+    )
 
     @field_validator("actor", "tool", "proposed_action")
     @classmethod
@@ -83,6 +90,12 @@ class DecisionRequest(BaseModel):
                 pending.extend((v, depth + 1) for v in item)
         return value
 
+    @model_validator(mode="after")
+    def _unbindable_without_args(self) -> DecisionRequest:
+        if self.unbindable_args is not None and self.tool_args:
+            raise ValueError("tool_args must be empty when unbindable_args is set")
+        return self
+
     @classmethod
     def parse(cls, value: DecisionRequest | Mapping[str, Any]) -> DecisionRequest:
         if isinstance(value, DecisionRequest):
@@ -102,6 +115,15 @@ class DecisionRequest(BaseModel):
     def args_sha256(self) -> str:
         return args_digest(self.tool_args)
 
+    def binding(self) -> tuple[str | None, str | None]:
+        """``(args_sha256, None)``, or ``(None, why)`` for arguments no capability token can be bound to."""
+        if self.unbindable_args is not None:
+            return None, self.unbindable_args
+        try:
+            return self.args_sha256, None
+        except InvalidRequest as exc:
+            return None, str(exc)
+
 
 class Decision(BaseModel):
     """The governor's answer. ``capability_token`` is set only when the outcome is ``approved``."""
@@ -113,7 +135,7 @@ class Decision(BaseModel):
     reasoning: str
     actor: str
     tool: str
-    args_sha256: str
+    args_sha256: str | None  # None: the arguments could not be bound (the call was denied for it)
     risk_level: RiskLevel
     risk_score: int
     risk_dimensions: dict[str, int]
@@ -197,7 +219,8 @@ class LocalGovernor:
         """:meth:`decide`, and whether the decision was made by this call (False: a repeat of an idempotency key,
         answered from the ledger) - for callers that count decisions, such as the server's metrics."""
         req = DecisionRequest.parse(request)
-        args_sha256 = req.args_sha256
+        # Arguments no token can be bound to are refused - and the attempt recorded, like any other denial.
+        args_sha256, unbindable = req.binding()
         # A keyed request's decision id is derived from the key; the ledger writes at most one entry per decision id
         # (checked under its write lock), and a repeat is answered from that entry.
         if idempotency_key is not None:
@@ -228,6 +251,9 @@ class LocalGovernor:
             )
         except (ValueError, TypeError) as exc:
             raise GovernanceError(f"policy evaluation failed for tool {req.tool!r}: {exc}") from None
+        if unbindable is not None:
+            reason = f"its arguments cannot be bound to a capability token ({unbindable})"
+            result = dataclasses.replace(result, outcome=Outcome.DENIED, reason=reason)
 
         approved = result.outcome is Outcome.APPROVED
         jti = uuid.uuid4().hex if approved else None
@@ -261,7 +287,7 @@ class LocalGovernor:
             ) from None
 
         token = expires = None
-        if approved and jti is not None:
+        if approved and jti is not None and args_sha256 is not None:
             token, expires = self._sign_token(
                 req, args_sha256, entry, decision_id, result.policy_version, jti, _issued_at(entry)
             )
@@ -329,7 +355,7 @@ class LocalGovernor:
         self._issued.remember(token, claims, signer.kid)
         return token, issued + ttl
 
-    def _replay(self, entry: LedgerEntry, req: DecisionRequest, args_sha256: str) -> Decision:
+    def _replay(self, entry: LedgerEntry, req: DecisionRequest, args_sha256: str | None) -> Decision:
         """The decision an earlier request with the same idempotency key got, rebuilt from its ledger entry.
 
         An approval's token is signed again with the same ``jti`` and the original issue time, so the retry holds
@@ -340,7 +366,7 @@ class LocalGovernor:
             raise InvalidRequest("idempotency key was already used for a different request")
         outcome = Outcome(data["outcome"])
         token = expires = None
-        if outcome is Outcome.APPROVED and data.get("token_id"):
+        if outcome is Outcome.APPROVED and data.get("token_id") and args_sha256 is not None:
             ids = (data["decision_id"], data["policy_version"], data["token_id"])
             token, expires = self._sign_token(req, args_sha256, entry, *ids, _issued_at(entry))
         risk = data["risk"]
@@ -443,7 +469,7 @@ class LocalGovernor:
         self.close()
 
 
-def _request_record(req: DecisionRequest, args_sha256: str) -> dict[str, Any]:
+def _request_record(req: DecisionRequest, args_sha256: str | None) -> dict[str, Any]:
     """The request as a decision entry records it (arguments hashed, context made ledger-safe)."""
     return {
         "actor": req.actor,

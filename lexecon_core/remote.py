@@ -322,7 +322,7 @@ class RemoteGovernor:
             where = ".".join(str(p) for p in error["loc"]) or "body"
             raise self._refused(f"returned a malformed decision ({where}: {error['msg']})") from None
         # A decision about some other call must never authorise this one.
-        if (decision.actor, decision.tool, decision.args_sha256) != (req.actor, req.tool, req.args_sha256):
+        if (decision.actor, decision.tool, decision.args_sha256) != (req.actor, req.tool, req.binding()[0]):
             raise self._refused(f"returned decision {decision.decision_id} for a different request")
         if decision.approved and not decision.capability_token:
             raise self._refused(f"approved decision {decision.decision_id} without a capability token")
@@ -428,11 +428,19 @@ class RemoteGovernor:
 def _encode(request: DecisionRequest | Mapping[str, Any]) -> tuple[DecisionRequest, bytes, dict[str, str]]:
     """The request, its JSON body and its headers: one idempotency key that every attempt of this call repeats."""
     req = DecisionRequest.parse(request)
-    req.args_sha256  # noqa: B018 - raises InvalidRequest for arguments that cannot be hashed, before any I/O
-    try:
-        body = req.model_dump_json().encode()
-    except ValueError as exc:
-        raise InvalidRequest(f"decision request is not JSON-serialisable: {exc}") from None
+    _, unbindable = req.binding()
+    if unbindable is None:
+        try:
+            body = req.model_dump_json().encode()
+        except ValueError as exc:
+            unbindable = f"arguments are not JSON-serialisable: {exc}"
+    if unbindable is not None:
+        # The arguments cannot be sent, but the attempt can: the node denies it and records why (never the values).
+        req = req.model_copy(update={"tool_args": {}, "unbindable_args": unbindable[:1024]})
+        try:
+            body = req.model_dump_json().encode()
+        except ValueError as exc:  # the context itself cannot be sent
+            raise InvalidRequest(f"decision request is not JSON-serialisable: {exc}") from None
     return req, body, {IDEMPOTENCY_HEADER: str(uuid.uuid4()), "Content-Type": "application/json"}
 
 

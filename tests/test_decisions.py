@@ -151,9 +151,21 @@ def test_invalid_requests(governor: LocalGovernor, request_: object, message: st
     assert governor.node.ledger.count() == before  # nothing half-written
 
 
-def test_unserialisable_args_are_an_invalid_request(governor: LocalGovernor) -> None:
-    with pytest.raises(InvalidRequest, match="JSON-serialisable"):
-        governor.decide({"actor": "a", "tool": "search", "tool_args": {"when": object()}})
+@pytest.mark.parametrize("value", [object(), float("nan"), {1: "non-string key"}, "\ud800"])
+def test_arguments_no_token_can_bind_are_denied_and_recorded(governor: LocalGovernor, value: object) -> None:
+    decision = governor.decide({"actor": "a", "tool": "search", "tool_args": {"when": value}})
+    assert decision.outcome.value == "denied" and decision.capability_token is None and decision.args_sha256 is None
+    assert "cannot be bound to a capability token" in decision.reasoning
+    entry = governor.node.ledger.get(decision.ledger_entry_id)
+    assert entry is not None and entry.data["request"]["args_sha256"] is None and entry.data["outcome"] == "denied"
+    assert governor.verify_ledger().valid
+
+
+def test_a_client_that_could_not_send_its_arguments_gets_a_recorded_denial(governor: LocalGovernor) -> None:
+    with pytest.raises(InvalidRequest, match="tool_args"):  # only with empty tool_args
+        governor.decide({"actor": "a", "tool": "search", "tool_args": {"q": 1}, "unbindable_args": "why"})
+    decision = governor.decide({"actor": "a", "tool": "search", "unbindable_args": "arguments are not JSON"})
+    assert decision.outcome.value == "denied" and "arguments are not JSON" in decision.reasoning
 
 
 def test_ledger_failure_fails_closed(governor: LocalGovernor, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -311,13 +311,17 @@ def test_an_unexpected_governor_error_fails_closed_without_detail(
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
-def test_arguments_that_cannot_be_hashed_fail_closed(governor: LocalGovernor, rec: Recorder, mode: str) -> None:
+def test_arguments_that_cannot_be_hashed_are_denied_and_recorded(
+    governor: LocalGovernor, rec: Recorder, mode: str
+) -> None:
     output = run_tool(GovernedTool(rec.search, governor, actor=ACTOR), mode, q=object())
     assert_denied(output, "search")
-    assert "could not decide on tool 'search', so it was not run" in output.content
+    assert "Lexecon denied tool 'search': its arguments cannot be bound to a capability token" in output.content
     assert "JSON-serialisable" in output.content
     assert rec.calls == []
-    assert decisions(governor) == []
+    (recorded,) = decisions(governor)  # the attempt is in the ledger for auditors, without the values
+    assert recorded["outcome"] == "denied" and recorded["request"]["args_sha256"] is None
+    assert "cannot be bound" in recorded["reason"] and recorded["token_id"] is None
 
 
 # -- govern_tools -------------------------------------------------------------------------------------------------

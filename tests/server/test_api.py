@@ -185,14 +185,16 @@ def test_risk_level_numbers_map_onto_levels(
     assert order.index(decision["risk_level"]) >= order.index(level)
 
 
-def test_decide_rejects_floats_it_cannot_hash_canonically(client: TestClient, keys: dict[Role, str]) -> None:
+def test_decide_denies_and_records_floats_it_cannot_hash_canonically(client: TestClient, keys: dict[Role, str]) -> None:
     response = client.post(
         "/decide",
         content=b'{"actor": "ai_agent:a", "tool": "search", "tool_args": {"x": NaN}}',
         headers={**auth(keys[Role.AGENT]), "Content-Type": "application/json"},
     )
-    assert response.status_code == 422
-    assert response.json()["error"] == "invalid_request"
+    assert response.status_code == 200
+    body = response.json()
+    assert body["outcome"] == "denied" and body["args_sha256"] is None and body["capability_token"] is None
+    assert "cannot be bound to a capability token" in body["reasoning"]
 
 
 # -- idempotency -----------------------------------------------------------------------------------------------------

@@ -178,9 +178,17 @@ def test_verify_token_refuses_other_arguments_and_tools(remote: RemoteGovernor) 
 def test_invalid_request_is_refused_before_any_request(remote: RemoteGovernor, transport: AppTransport) -> None:
     with pytest.raises(InvalidRequest, match="tool"):
         remote.decide({"actor": ACTOR, "tool": ""})
-    with pytest.raises(InvalidRequest, match="JSON-serialisable"):
-        remote.decide({"actor": ACTOR, "tool": "search", "tool_args": {"q": object()}})
     assert transport.requests == []
+
+
+def test_arguments_that_cannot_be_sent_are_denied_and_recorded_by_the_node(
+    remote: RemoteGovernor, transport: AppTransport
+) -> None:
+    decision = remote.decide({"actor": ACTOR, "tool": "search", "tool_args": {"q": object()}})
+    assert decision.outcome.value == "denied" and decision.args_sha256 is None and decision.capability_token is None
+    assert "JSON-serialisable" in decision.reasoning
+    sent = json.loads(transport.requests[-1].content)
+    assert sent["tool_args"] == {} and "JSON-serialisable" in sent["unbindable_args"]  # the values never leave
 
 
 def test_server_422_is_an_invalid_request_with_the_servers_message(
