@@ -1,9 +1,12 @@
 """Adapter figures: per tool-call overhead of each adapter (local mode, durable ledger write included) against the
 bare tool call, and whole scripted agent runs governed vs ungoverned - each pair measured in the same run.
 
-    python benchmarks/bench_integrations.py            # ~1-2 minutes
+    python benchmarks/bench_integrations.py            # ~6 minutes
     python benchmarks/bench_integrations.py --quick
-    python benchmarks/bench_integrations.py --model-ms 5   # scripted models that take 5 ms per turn
+    python benchmarks/bench_integrations.py --model-ms 5   # scripted models that take 5 ms per turn (default 20)
+
+Whole runs are measured twice: with model turns of --model-ms (the target: governed <= 1.05x ungoverned at 20 ms, a
+fast local model) and with instant models, a diagnostic of the frameworks' own cost.
 """
 
 from __future__ import annotations
@@ -240,6 +243,64 @@ def bench_langchain_agent(governor: LocalGovernor, runs: int, model_ms: float = 
     return interleaved_p50_us({name: runner(agent) for name, agent in agents.items()}, runs)
 
 
+def bench_llama_index_agent(governor: LocalGovernor, runs: int, model_ms: float = 0.0) -> dict[str, float]:
+    from llama_index.core.agent.workflow import FunctionAgent
+    from llama_index.core.base.llms.types import ChatMessage, MessageRole, ToolCallBlock
+    from llama_index.core.llms.mock import MockFunctionCallingLLM
+    from llama_index.core.tools import FunctionTool, ToolOutput
+    from llama_index.core.tools.types import AsyncBaseTool, ToolMetadata
+
+    from lexecon_integrations.llama_index import govern_tools
+
+    def lookup(key: int) -> str:
+        """Look a key up."""
+        return lookup_impl(key)
+
+    def model(messages: Any, **kwargs: Any) -> ChatMessage:
+        if model_ms:
+            time.sleep(model_ms / 1000)  # a model that takes this long per turn
+        if any(m.role == MessageRole.TOOL for m in messages):
+            return ChatMessage(role="assistant", content="done")
+        call = ToolCallBlock(tool_call_id="c1", tool_name="lookup", tool_kwargs={"key": 1})
+        return ChatMessage(role="assistant", blocks=[call])
+
+    plain = FunctionTool.from_defaults(fn=lookup)
+
+    class NoOp(AsyncBaseTool):  # the framework's own cost of wrapping a tool
+        @property
+        def metadata(self) -> ToolMetadata:
+            return plain.metadata
+
+        def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
+            return plain.call(*args, **kwargs)
+
+        async def acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
+            return await plain.acall(*args, **kwargs)
+
+    agents = {
+        "ungoverned": FunctionAgent(tools=[plain], llm=MockFunctionCallingLLM(response_generator=model)),
+        "no-op hook": FunctionAgent(tools=[NoOp()], llm=MockFunctionCallingLLM(response_generator=model)),
+        "governed": FunctionAgent(
+            tools=govern_tools([plain], governor, actor=ACTOR), llm=MockFunctionCallingLLM(response_generator=model)
+        ),
+    }
+
+    async def run(agent: FunctionAgent) -> None:
+        assert str(await agent.run("look up 1")) == "done"
+
+    async def measure() -> dict[str, float]:
+        for agent in agents.values():
+            for _ in range(20):  # warm-up
+                await run(agent)
+
+        def runner(agent: FunctionAgent) -> Callable[[], Any]:
+            return lambda: run(agent)
+
+        return await ainterleaved_p50_us({name: runner(agent) for name, agent in agents.items()}, runs)
+
+    return asyncio.run(measure())
+
+
 def bench_openai_agent(governor: LocalGovernor, runs: int, model_ms: float = 0.0) -> dict[str, float]:
     from agents import (
         Agent,
@@ -347,7 +408,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
-        "--model-ms", type=float, default=0.0, help="scripted models take this long per turn (default: instant)"
+        "--model-ms", type=float, default=20.0, help="scripted models take this long per turn (default 20 ms)"
     )
     options = parser.parse_args()
     quick, model_ms = options.quick, options.model_ms
@@ -365,33 +426,38 @@ def main() -> int:
                     *bench_openai_calls(governor, calls),
                 ]
                 print("per tool call, local mode (decide + ledger append + token issue & verify)")
-                print(f"{'adapter':<40} {'bare p50':>10} {'governed p50':>13} {'overhead':>10}")
+                print(f"{'adapter':<40} {'bare p50':>10} {'governed p50':>13} {'overhead':>10}  target <= 500us")
                 for name, bare, governed in rows:
-                    print(f"{name:<40} {bare:>8.0f}us {governed:>11.0f}us {governed - bare:>8.0f}us")
+                    met = "met" if governed - bare <= 500 else "NOT met"
+                    print(f"{name:<40} {bare:>8.0f}us {governed:>11.0f}us {governed - bare:>8.0f}us  {met}")
                 print("one guard check, by the thread it runs on (p50)")
                 for name, value in bench_where_the_check_runs(governor, calls):
                     print(f"  {name:<44} {value:>8.0f}us")
-                whole_runs = {
-                    "LangChain create_agent": bench_langchain_agent(governor, runs, model_ms),
-                    "OpenAI Agents Runner": bench_openai_agent(governor, runs, model_ms),
-                }
-            speed = f"models take {model_ms:g} ms per turn" if model_ms else "instant models"
-            print(f"whole scripted agent run (one tool call + final answer; {speed}), p50, the variants interleaved")
-            for name, p50 in whole_runs.items():
-                plain = p50["ungoverned"]
-                print(
-                    f"  {name:<23} ungoverned {plain / 1000:.2f} ms, no-op hook {p50['no-op hook'] / 1000:.2f} ms"
-                    f" ({p50['no-op hook'] / plain:.2f}x), governed {p50['governed'] / 1000:.2f} ms"
-                    f" -> {p50['governed'] / plain:.2f}x"
-                )
-            # A real model's latency adds to both runs alike: the ratio meets its target once each of the two model
-            # turns takes at least this long (governed = ungoverned + overhead).
-            for name, target in (("LangChain create_agent", 1.25), ("OpenAI Agents Runner", 1.10)):
-                p50 = whole_runs[name]
-                overhead = p50["governed"] - p50["ungoverned"]
-                turn = model_ms + max(0.0, (overhead / (target - 1) - p50["ungoverned"]) / 2 / 1000)
-                print(f"  {name:<23} meets {target:.2f}x once a model turn takes >= {turn:.1f} ms")
+                # The target run: each model turn sleeps --model-ms (default 20 ms, a fast local model). The
+                # instant-model run is kept as a diagnostic: it measures the framework, not an agent.
+                for turn_ms in dict.fromkeys((model_ms, 0.0)):
+                    whole_runs = {
+                        "LangChain create_agent": bench_langchain_agent(governor, runs, turn_ms),
+                        "LlamaIndex FunctionAgent": bench_llama_index_agent(governor, runs, turn_ms),
+                        "OpenAI Agents Runner": bench_openai_agent(governor, runs, turn_ms),
+                    }
+                    report_whole_runs(whole_runs, turn_ms)
     return 0
+
+
+def report_whole_runs(whole_runs: dict[str, dict[str, float]], turn_ms: float) -> None:
+    speed = f"each model turn takes {turn_ms:g} ms" if turn_ms else "instant models (diagnostic)"
+    print(f"whole scripted agent run (one tool call + final answer; {speed}), p50, the variants interleaved")
+    for name, p50 in whole_runs.items():
+        plain = p50["ungoverned"]
+        verdict = ""
+        if turn_ms >= 20:
+            verdict = "  (target <= 1.05x: " + ("met)" if p50["governed"] / plain <= 1.05 else "NOT met)")
+        print(
+            f"  {name:<25} ungoverned {plain / 1000:.2f} ms, no-op hook {p50['no-op hook'] / 1000:.2f} ms"
+            f" ({p50['no-op hook'] / plain:.2f}x), governed {p50['governed'] / 1000:.2f} ms"
+            f" -> {p50['governed'] / plain:.3f}x{verdict}"
+        )
 
 
 if __name__ == "__main__":
