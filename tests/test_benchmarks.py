@@ -22,7 +22,10 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         ("bench_trust.py", ["start-up walk over", "baseline verify --trust-checkpoints", "row MACs", "signatures"]),
         ("bench_ledger.py", ["bare durable SQLite commit", "durable appends", "x bare Ed25519"]),
         ("bench_kernel.py", ["naive p50", "decisions/s", "bare Ed25519 verify"]),
-        ("bench_integrations.py", ["bare p50", "governed p50", "each model turn takes 20 ms", "LlamaIndex FunctionAgent"]),
+        (
+            "bench_integrations.py",
+            ["bare p50", "governed p50", "each model turn takes 20 ms", "LlamaIndex FunctionAgent"],
+        ),
         ("bench_server.py", ["GET /health", "POST /decide", "RemoteGovernor.decide round trip"]),
     ],
 )

@@ -217,7 +217,7 @@ class _Governing:
         self._govern(agent, governed)
         return governed
 
-    def in_place_(self, agent: Agent[Any]) -> None:
+    def govern_in_place(self, agent: Agent[Any]) -> None:
         if id(agent) in self.in_place:
             return
         self.in_place.add(id(agent))
@@ -229,7 +229,7 @@ class _Governing:
         for tool in source.tools:
             inner = _agent_of(source, tool)
             if inner is not None:
-                self.in_place_(inner)
+                self.govern_in_place(inner)
         tools = govern_tools(source.tools, self.guard, **self.options)
         handoffs: list[Any] = []
         for handoff in source.handoffs:
