@@ -29,6 +29,13 @@ __all__ = [
 class LexeconError(Exception):
     """Base class of every error Lexecon raises on purpose."""
 
+    #: Set by an adapter that raises this for a refused tool call: the sentence the model should read. Frameworks
+    #: that show the model ``repr(exception)`` (LangGraph's ``ToolNode(handle_tool_errors=True)``) then show it.
+    model_message: str | None = None
+
+    def __repr__(self) -> str:
+        return self.model_message if self.model_message is not None else super().__repr__()
+
 
 class ConfigError(LexeconError):
     """Settings, the node home or its files are missing or invalid."""

@@ -62,7 +62,9 @@ class LexeconCallbackHandler(BaseCallbackHandler):
         args = inputs if inputs is not None else normalise_args(input_str)
         verdict = self.guard.check(name, args)
         if not verdict.allowed:
-            raise verdict.exception()
+            refusal = verdict.exception()
+            refusal.model_message = verdict.message  # what a ToolNode with handle_tool_errors shows the model
+            raise refusal
         token = enter_capability(verdict.capability)
         with self._lock:
             self._active[run_id] = token

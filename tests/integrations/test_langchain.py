@@ -377,3 +377,24 @@ def test_a_tool_governed_again_for_another_actor_decides_once_as_that_actor(
     assert type(second) is type(first)  # not a governed copy of a governed copy
     assert second.invoke({"q": "a"}) == "results for a" and first.invoke({"q": "b"}) == "results for b"
     assert [d["request"]["actor"] for d in decisions(governor)] == ["ai_agent:other", ACTOR]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_tool_node_that_handles_errors_shows_the_model_the_clean_denial(
+    governor: LocalGovernor, rec: Recorder
+) -> None:
+    from langgraph.prebuilt import ToolNode, create_react_agent
+
+    turns = [
+        AIMessage(content="", tool_calls=[{"name": "delete_user", "args": {"user_id": 1}, "id": "c1"}]),
+        AIMessage(content="ok"),
+    ]
+    agent = create_react_agent(
+        ScriptedModel(messages=iter(turns)), ToolNode([rec.delete_user], handle_tool_errors=True)
+    )
+    handler = LexeconCallbackHandler(governor, actor=ACTOR)
+    result = agent.invoke({"messages": [("user", "go")]}, config={"callbacks": [handler]})
+    (message,) = [m for m in result["messages"] if isinstance(m, ToolMessage)]
+    assert "Lexecon denied tool 'delete_user': forbidden by forbids:agents->deletes" in message.content
+    assert "GovernanceDenied(" not in message.content  # the adapter's sentence, not the exception's repr
+    assert rec.ran("delete_user") == 0
