@@ -17,6 +17,7 @@ on a shared machine the slowest runs measure the neighbours.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,16 +25,11 @@ from pathlib import Path
 
 import nacl.signing
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_ledger import RECORD  # the same decision record as the append benchmarks
+
 from lexecon_core.keys import Signer
 from lexecon_core.ledger import Ledger, sqlite_url
-
-RECORD = {
-    "decision_id": "dec_0",
-    "outcome": "approved",
-    "reason": "permitted by permits:agents->refund",
-    "request": {"actor": "ai_agent:bench", "tool": "refund", "args_sha256": "0" * 64, "context": {}},
-    "risk": {"score": 33, "level": "medium"},
-}
 
 
 def build(path: Path, signer: Signer, entries: int) -> None:

@@ -91,7 +91,7 @@ class Appender:
         if self._positional and list(compiled.positiontup or ()) != list(COLUMN_NAMES):
             raise LedgerError("unexpected parameter order in the compiled ledger insert")
         self._insert_sql = str(compiled)
-        self._find_sql = str(FIND.compile(dialect=dialect))
+        self._find_sql = Statement(FIND.compile(dialect=dialect))
         self._tail_sql = Statement(TAIL.compile(dialect=dialect))
 
     def _append_dbapi(self) -> Any:
@@ -280,7 +280,8 @@ class Appender:
     def _find(self, cursor: Any, decision_id: str, verified: Verified) -> LedgerEntry | None:
         """The entry already recorded for ``decision_id``, once it checks out: a retry is answered from it, and an
         approval's token signed again, so it must be the node's own entry at its place in the verified chain."""
-        row = cursor.execute(self._find_sql, (decision_id,) if self._positional else {"d": decision_id}).fetchone()
+        find = self._find_sql
+        row = cursor.execute(find.sql, find.params({"d": decision_id})).fetchone()
         if row is None:
             return None
         found = _retry_entry(to_entry(row), decision_id, self.node_id)

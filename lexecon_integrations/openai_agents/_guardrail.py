@@ -56,14 +56,14 @@ def lexecon_tool_guardrail(
     run goes on. ``on_deny="raise"``: the run stops with ``ToolInputGuardrailTripwireTriggered``. Either way the
     decision is in ``output_info``. An approved call's capability is made current for the tool body.
     """
-    if on_deny not in ("reject", "raise"):
-        raise ValueError("on_deny must be 'reject' or 'raise'")
     return _guardrail(guard_for(governor, actor, context, describe), on_deny, None)
 
 
 def _guardrail(guard: ToolCallGuard, on_deny: OnDeny, approved: _ApprovedCalls | None) -> ToolInputGuardrail[Any]:
     """The guardrail; with ``approved`` (shared with the bound tool bodies of :func:`govern_tools`), a call checked
     again before its body ran reuses its decision."""
+    if on_deny not in ("reject", "raise"):
+        raise ValueError("on_deny must be 'reject' or 'raise'")
 
     @tool_input_guardrail(name=_GUARDRAIL_NAME)
     async def lexecon_guardrail(data: ToolInputGuardrailData) -> ToolGuardrailFunctionOutput:
@@ -160,8 +160,6 @@ def govern_tools(
     Raises ``TypeError`` for a tool a function-tool guardrail cannot cover (hosted tools such as web search), so
     none is silently ungoverned. The original tools are not modified.
     """
-    if on_deny not in ("reject", "raise"):
-        raise ValueError("on_deny must be 'reject' or 'raise'")
     approved = _ApprovedCalls()
     guardrail = _guardrail(guard_for(governor, actor, context, describe), on_deny, approved)
     governed: list[FunctionTool] = []
